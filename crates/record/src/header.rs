@@ -174,7 +174,9 @@ pub fn validate_batch(buf: &[u8]) -> Result<BatchHeader, RecordError> {
         });
     }
     if h.records_count < 0 || h.last_offset_delta < 0 {
-        return Err(RecordError::Invalid("negative record count or offset delta"));
+        return Err(RecordError::Invalid(
+            "negative record count or offset delta",
+        ));
     }
     if h.compression() == Compression::None
         && h.records_count > 0
@@ -330,6 +332,9 @@ mod tests {
         assert_eq!(validate_batch(&b), Err(RecordError::BadMagic(1)));
         let mut b = batch(1);
         b[8..12].copy_from_slice(&(-5i32).to_be_bytes());
-        assert!(matches!(validate_batch(&b), Err(RecordError::BadLength(-5))));
+        assert!(matches!(
+            validate_batch(&b),
+            Err(RecordError::BadLength(-5))
+        ));
     }
 }

@@ -1,8 +1,8 @@
 //! Reading the records of an uncompressed batch.
 
+use crate::RecordError;
 use crate::header::{BATCH_HEADER_BYTES, Compression, validate_batch};
 use crate::varint::{get_varint, get_varlong};
-use crate::RecordError;
 
 /// One record borrowed from a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,12 +120,15 @@ impl<'a> RecordIter<'a> {
         for _ in 0..n_headers {
             let kl = get_varint(body, &mut p)?;
             let k = take(body, &mut p, kl)?.ok_or(RecordError::Invalid("null header key"))?;
-            let k = std::str::from_utf8(k).map_err(|_| RecordError::Invalid("header key not UTF-8"))?;
+            let k =
+                std::str::from_utf8(k).map_err(|_| RecordError::Invalid("header key not UTF-8"))?;
             let vl = get_varint(body, &mut p)?;
             headers.push((k, take(body, &mut p, vl)?));
         }
         if p != body.len() {
-            return Err(RecordError::Invalid("record length disagrees with its fields"));
+            return Err(RecordError::Invalid(
+                "record length disagrees with its fields",
+            ));
         }
         Ok(RecordView {
             offset: self.base_offset + i64::from(off_delta),
