@@ -1,0 +1,170 @@
+//! The Weir server: configuration, listeners and their wiring to the broker.
+//!
+//! One path through it, top to bottom: [`Server::bind`] validates the [`Config`], opens
+//! the [`Broker`] (metadata replay and log recovery) and binds the native listener;
+//! [`Server::run`] accepts connections (`native::accept_loop`, capped by a semaphore), each
+//! served by `native::serve` (frames checked and bounded before their bodies are read),
+//! whose requests `handler::handle` turns into broker calls. When the shutdown future
+//! completes, the server stops accepting and reading, lets in-flight requests finish
+//! (bounded by `shutdown_timeout_ms`), then syncs and closes every log.
+#![deny(missing_docs)]
+
+pub mod config;
+mod handler;
+mod native;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weir_broker::{Broker, BrokerError};
+
+pub use config::{Config, ConfigError};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The broker could not open its data.
+    #[error("cannot open the data directory: {0}")]
+    Broker(#[from] BrokerError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// A bound, ready server.
+#[derive(Debug)]
+pub struct Server {
+    config: Config,
+    broker: Broker,
+    native: TcpListener,
+    native_addr: SocketAddr,
+}
+
+impl Server {
+    /// Validates `config`, opens the data directory and binds the listeners. Prints
+    /// `weir listening native=ADDR` on stdout once clients can connect.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        config.validate()?;
+        let broker = Broker::open(config.broker_config()?).await?;
+        let native = TcpListener::bind(&config.native_addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.native_addr.clone(),
+                source,
+            })?;
+        let native_addr = native.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.native_addr.clone(),
+            source,
+        })?;
+        tracing::info!(%native_addr, data_dir = %config.data_dir.display(), "weir server ready");
+        println!("weir listening native={native_addr}");
+        Ok(Server {
+            config,
+            broker,
+            native,
+            native_addr,
+        })
+    }
+
+    /// Address of the native listener (useful when bound to port 0).
+    pub fn native_addr(&self) -> SocketAddr {
+        self.native_addr
+    }
+
+    /// The broker, for embedding and tests.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let advertised_host = self.config.advertised_host.clone().unwrap_or_else(|| {
+            if self.native_addr.ip().is_unspecified() {
+                "localhost".to_owned()
+            } else {
+                self.native_addr.ip().to_string()
+            }
+        });
+        let stop = CancellationToken::new();
+        let shared = Arc::new(native::Shared {
+            broker: self.broker.clone(),
+            limits: self.config.limits.clone(),
+            node_id: self.config.node_id,
+            advertised_host,
+            advertised_port: self.native_addr.port(),
+            stop: stop.clone(),
+        });
+        let connections = TaskTracker::new();
+        let accept = tokio::spawn(native::accept_loop(
+            self.native,
+            shared,
+            connections.clone(),
+        ));
+        shutdown.await;
+        tracing::info!("shutting down: no new connections or requests");
+        stop.cancel();
+        self.broker.begin_shutdown();
+        let _ = accept.await;
+        connections.close();
+        let grace = Duration::from_millis(self.config.shutdown_timeout_ms);
+        if tokio::time::timeout(grace, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                timeout_ms = self.config.shutdown_timeout_ms,
+                "in-flight requests did not finish in time; closing anyway"
+            );
+        }
+        self.broker.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = term => tracing::info!("SIGTERM received"),
+        r = tokio::signal::ctrl_c() => {
+            if r.is_ok() {
+                tracing::info!("SIGINT received");
+            }
+        }
+    }
+}
+
+/// Sets up structured logs on stderr: `RUST_LOG` if set, else `level`.
+pub fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,185 @@
+//! Bad input from the network: the offending connection is closed or answered with a
+//! specific error, and everyone else keeps being served.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rand::{Rng, RngCore};
+use weir_proto::{FrameHeader, Request, Response, decode_frame, v1};
+
+use crate::support::{RawClient, ServerProcess, batch_of};
+
+fn produce_one(c: &mut RawClient, topic: &str, value: &[u8]) -> i64 {
+    let resp = c
+        .call(&Request::Produce(v1::ProduceRequest {
+            topic: topic.into(),
+            partition: 0,
+            acks: v1::Acks::All as i32,
+            timeout_ms: 0,
+            records: batch_of(&[value.to_vec()]).freeze(),
+        }))
+        .expect("produce");
+    let Response::Produce(r) = resp else {
+        panic!("unexpected {resp:?}")
+    };
+    assert!(r.status.unwrap_or_default().is_ok());
+    r.base_offset
+}
+
+/// Reads until the server closes the connection; panics if it stays open.
+fn expect_closed(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("connection not closed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn random_bytes_close_that_connection_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = ServerProcess::start(&dir.path().join("data"));
+    let mut good = RawClient::connect(server.addr).expect("connect");
+    good.create_topic("t", 1);
+    assert_eq!(produce_one(&mut good, "t", b"before"), 0);
+
+    let mut rng = rand::rng();
+    for i in 0..50 {
+        let mut s = TcpStream::connect(server.addr).expect("connect");
+        let mut noise = vec![0u8; rng.random_range(1..4096)];
+        rng.fill_bytes(&mut noise);
+        if i % 2 == 1 {
+            // Our magic, then garbage: exercises the header checks past the magic.
+            noise[0] = 0x57;
+            if noise.len() > 1 {
+                noise[1] = 0x45;
+            }
+        }
+        let _ = s.write_all(&noise);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        expect_closed(&mut s);
+    }
+    assert!(server.is_running());
+    assert_eq!(produce_one(&mut good, "t", b"after"), 1);
+    let values: Vec<_> = good.read_all("t", 0).into_iter().map(|(_, v)| v).collect();
+    assert_eq!(values, vec![b"before".to_vec(), b"after".to_vec()]);
+}
+
+#[test]
+fn oversized_frame_gets_frame_too_large_then_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let mut s = TcpStream::connect(server.addr).expect("connect");
+    let mut head = BytesMut::new();
+    FrameHeader {
+        version: 1,
+        kind: 7,
+        correlation_id: 42,
+        body_len: u32::MAX,
+    }
+    .encode(&mut head);
+    s.write_all(&head).expect("write");
+    let mut got = BytesMut::from(&expect_closed(&mut s)[..]);
+    let frame = decode_frame(&mut got, 1 << 20)
+        .expect("valid")
+        .expect("a frame");
+    assert_eq!(frame.header.correlation_id, 42);
+    let Response::Error(e) = Response::decode(&frame).expect("decodes") else {
+        panic!("expected an error frame");
+    };
+    assert_eq!(
+        e.status.unwrap_or_default().error_code(),
+        v1::ErrorCode::FrameTooLarge
+    );
+}
+
+#[test]
+fn unknown_kind_and_bad_batches_get_specific_errors_and_keep_the_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let mut c = RawClient::connect(server.addr).expect("connect");
+    c.create_topic("t", 1);
+
+    // Unknown kind: answered with UNKNOWN_REQUEST_KIND, connection stays.
+    let mut raw = TcpStream::connect(server.addr).expect("connect");
+    let mut frame = BytesMut::new();
+    FrameHeader {
+        version: 1,
+        kind: 0x55,
+        correlation_id: 9,
+        body_len: 0,
+    }
+    .encode(&mut frame);
+    raw.write_all(&frame).expect("write");
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 1024];
+    raw.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let f = loop {
+        if let Some(f) = decode_frame(&mut buf, 1 << 20).expect("valid") {
+            break f;
+        }
+        let n = raw.read(&mut chunk).expect("read");
+        assert!(n > 0, "closed instead of answering");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let Response::Error(e) = Response::decode(&f).expect("decodes") else {
+        panic!("expected an error frame");
+    };
+    assert_eq!(
+        e.status.unwrap_or_default().error_code(),
+        v1::ErrorCode::UnknownRequestKind
+    );
+
+    let produce = |c: &mut RawClient, records: bytes::Bytes, topic: &str, partition: u32| {
+        let resp = c
+            .call(&Request::Produce(v1::ProduceRequest {
+                topic: topic.into(),
+                partition,
+                acks: v1::Acks::All as i32,
+                timeout_ms: 0,
+                records,
+            }))
+            .expect("produce");
+        let Response::Produce(r) = resp else {
+            panic!("unexpected {resp:?}")
+        };
+        r.status.unwrap_or_default().error_code()
+    };
+    let mut corrupt = batch_of(&[b"x".to_vec()]);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    assert_eq!(
+        produce(&mut c, corrupt.freeze(), "t", 0),
+        v1::ErrorCode::CorruptBatch
+    );
+    assert_eq!(
+        produce(&mut c, bytes::Bytes::from_static(b"short"), "t", 0),
+        v1::ErrorCode::CorruptBatch
+    );
+    assert_eq!(
+        produce(&mut c, bytes::Bytes::new(), "t", 0),
+        v1::ErrorCode::InvalidRequest
+    );
+    let ok = batch_of(&[b"x".to_vec()]).freeze();
+    assert_eq!(
+        produce(&mut c, ok.clone(), "nope", 0),
+        v1::ErrorCode::UnknownTopic
+    );
+    assert_eq!(
+        produce(&mut c, ok.clone(), "t", 7),
+        v1::ErrorCode::UnknownPartition
+    );
+    assert_eq!(produce(&mut c, ok, "t", 0), v1::ErrorCode::None);
+    // Nothing invalid reached the log.
+    assert_eq!(c.read_all("t", 0).len(), 1);
+}

@@ -1,0 +1,7 @@
+//! Black-box tests against a real `weir server` process: everything here goes through
+//! the binary and its sockets, as a user's would. One test binary for all of them.
+
+mod bad_input;
+mod crash;
+mod restart;
+mod support;
