@@ -183,3 +183,66 @@ fn unknown_kind_and_bad_batches_get_specific_errors_and_keep_the_connection() {
     // Nothing invalid reached the log.
     assert_eq!(c.read_all("t", 0).len(), 1);
 }
+
+#[test]
+fn connection_and_inflight_limits_get_specific_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("weir.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nconnections_max = 2\ninflight_requests_max = 1\n",
+    )
+    .expect("write config");
+    let config = config.to_str().expect("utf-8 path").to_owned();
+    let server = ServerProcess::start_with(&dir.path().join("data"), &["--config", &config]);
+    let mut first = RawClient::connect(server.addr).expect("connect");
+    first.create_topic("t", 1);
+
+    // Two requests pipelined with a limit of one in flight: the long-poll fetch holds the
+    // slot, the second is refused with its own correlation id.
+    let long_poll = Request::Fetch(v1::FetchRequest {
+        max_wait_ms: 2_000,
+        min_bytes: 1,
+        max_bytes: 1024,
+        partitions: vec![v1::FetchPartition {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 1024,
+        }],
+    });
+    let id_wait = first.send(&long_poll).expect("send");
+    let id_refused = first
+        .send(&Request::ListTopics(v1::ListTopicsRequest {}))
+        .expect("send");
+    let (got, resp) = first.recv().expect("refusal");
+    assert_eq!(got, id_refused);
+    let Response::Error(e) = resp else {
+        panic!("expected an error frame, got {resp:?}")
+    };
+    assert_eq!(
+        e.status.unwrap_or_default().error_code(),
+        v1::ErrorCode::TooManyInflightRequests
+    );
+    let (got, resp) = first.recv().expect("long poll ends");
+    assert_eq!(got, id_wait);
+    assert!(matches!(resp, Response::Fetch(_)));
+
+    // Connections: two allowed, the third is told why and closed.
+    let _second = RawClient::connect(server.addr).expect("connect");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(server.addr).expect("tcp connect");
+    let mut got = BytesMut::from(&expect_closed(&mut third)[..]);
+    let frame = decode_frame(&mut got, 1 << 20)
+        .expect("valid")
+        .expect("a frame");
+    let Response::Error(e) = Response::decode(&frame).expect("decodes") else {
+        panic!("expected an error frame");
+    };
+    assert_eq!(
+        e.status.unwrap_or_default().error_code(),
+        v1::ErrorCode::TooManyConnections
+    );
+    // The first connection is unaffected.
+    assert_eq!(produce_one(&mut first, "t", b"still served"), 0);
+}
