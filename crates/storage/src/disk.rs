@@ -1,0 +1,154 @@
+//! The file system behind two small traits, so tests can inject faults.
+//!
+//! Only what the log needs: positional reads and writes (no shared cursor, so readers and
+//! the writer never race on a seek position), `fdatasync`, truncation, and the handful of
+//! directory operations recovery, rolling and retention use.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// How [`Disk::open`] treats an existing or missing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The file must exist.
+    Existing,
+    /// The file must not exist; it is created empty.
+    CreateNew,
+}
+
+/// An open file: positional I/O only, shareable between threads.
+pub trait DiskFile: Send + Sync + fmt::Debug {
+    /// Reads up to `buf.len()` bytes at `pos`; returns how many were read (0 at end of file).
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize>;
+
+    /// Writes all of `buf` at `pos`, extending the file if needed.
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()>;
+
+    /// `fdatasync`: makes written data (and the length) durable.
+    fn sync_data(&self) -> io::Result<()>;
+
+    /// Truncates or extends the file to `len` bytes.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+
+    /// Whether the file is empty.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Reads until `buf` is full or the file ends; returns the bytes read.
+    fn read_full_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = pos
+                .checked_add(done as u64)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "position overflow"))?;
+            match self.read_at(&mut buf[done..], at) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// A file system: opens files and manages the partition directory.
+pub trait Disk: Send + Sync + fmt::Debug {
+    /// Opens `path` for reading and writing.
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn DiskFile>>;
+    /// Unlinks a file. Open handles keep working (POSIX semantics).
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Atomically renames a file.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Removes a directory and everything in it.
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Names of the entries of a directory (not full paths), in no particular order.
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// Makes creations, renames and removals in a directory durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+}
+
+/// The real file system, through `std::fs`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FsDisk;
+
+/// A `std::fs::File` as a [`DiskFile`].
+#[derive(Debug)]
+struct FsFile {
+    /// The open file; positional I/O needs no lock.
+    file: File,
+}
+
+impl DiskFile for FsFile {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        FileExt::read_at(&self.file, buf, pos)
+    }
+
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        FileExt::write_all_at(&self.file, buf, pos)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+}
+
+impl Disk for FsDisk {
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn DiskFile>> {
+        let mut o = OpenOptions::new();
+        // Never O_APPEND: positional writes ignore the offset under O_APPEND on Linux.
+        o.read(true).write(true);
+        if mode == OpenMode::CreateNew {
+            o.create_new(true);
+        }
+        Ok(Arc::new(FsFile {
+            file: o.open(path)?,
+        }))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir_all(path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::remove_dir_all(path)
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(path)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+}

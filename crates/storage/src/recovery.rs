@@ -1,0 +1,298 @@
+//! Opening a partition directory: classify files, check or rebuild indexes, cut a torn
+//! tail off the active segment.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use tracing::warn;
+
+use weir_record::BATCH_HEADER_BYTES;
+
+use crate::config::{LogConfig, SEGMENT_BYTES_LIMIT};
+use crate::disk::{Disk, DiskFile, OpenMode};
+use crate::index::{OFFSET_ENTRY_BYTES, SegmentIndex, TIME_ENTRY_BYTES, entries_max};
+use crate::segment::{
+    INDEX_SUFFIX, LOG_SUFFIX, NAME_DIGITS, Segment, SegmentReader, TIME_INDEX_SUFFIX, TMP_SUFFIX,
+    relative, remove_if_exists, scan, segment_path, write_index_files,
+};
+use crate::{Clock, StorageError};
+
+/// What [`Log::open`](crate::Log::open) found and repaired. Each repair is also logged
+/// with `tracing::warn!`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Segments in the log after recovery.
+    pub segments: usize,
+    /// Base offsets of sealed segments whose index files were missing or damaged and were
+    /// rebuilt by scanning the segment.
+    pub indexes_rebuilt: Vec<i64>,
+    /// The torn or corrupt tail cut off the active segment, if any.
+    pub truncated: Option<TruncatedTail>,
+    /// Sealed segments holding a bad batch, found while rebuilding their index. Their data
+    /// is kept; reads of the bad region fail with [`StorageError::Corrupt`].
+    pub corrupt: Vec<CorruptRegion>,
+    /// Names of stray files removed: temporary files, indexes without a segment.
+    pub stray_files_removed: Vec<String>,
+    /// Names of files that are not the log's; left alone.
+    pub unknown_files: Vec<String>,
+}
+
+impl RecoveryReport {
+    /// Whether nothing had to be repaired.
+    pub fn is_clean(&self) -> bool {
+        self.indexes_rebuilt.is_empty()
+            && self.truncated.is_none()
+            && self.corrupt.is_empty()
+            && self.stray_files_removed.is_empty()
+    }
+}
+
+/// A tail cut off the active segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TruncatedTail {
+    /// Base offset of the segment.
+    pub segment: i64,
+    /// New length of the segment file: where the first bad batch started.
+    pub position: u64,
+    /// Bytes removed.
+    pub bytes: u64,
+    /// What was wrong with the first removed byte.
+    pub reason: String,
+}
+
+/// A bad batch in a sealed segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptRegion {
+    /// Base offset of the segment.
+    pub segment: i64,
+    /// Byte position of the bad batch.
+    pub position: u64,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// The log state rebuilt from disk.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    /// Segments in offset order; the last is active. Never empty.
+    pub(crate) segments: Vec<Segment>,
+    /// Offset after the last valid batch.
+    pub(crate) log_end: i64,
+}
+
+/// A file name the log owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Log,
+    Index,
+}
+
+fn parse_name(name: &str) -> Option<(i64, Kind)> {
+    let (stem, suffix) = name.split_once('.')?;
+    if stem.len() != NAME_DIGITS || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let base = stem.parse::<i64>().ok()?;
+    match suffix {
+        LOG_SUFFIX => Some((base, Kind::Log)),
+        INDEX_SUFFIX | TIME_INDEX_SUFFIX => Some((base, Kind::Index)),
+        _ => None,
+    }
+}
+
+fn corrupt_reason(e: &StorageError) -> (u64, String) {
+    match e {
+        StorageError::Corrupt {
+            position, reason, ..
+        } => (*position, reason.clone()),
+        other => (0, other.to_string()),
+    }
+}
+
+/// Reads a whole index file, refusing one larger than `bytes_max`.
+fn read_index_file(disk: &dyn Disk, path: &Path, bytes_max: u64) -> Result<Vec<u8>, String> {
+    let f = disk
+        .open(path, OpenMode::Existing)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let len = f.len().map_err(|e| e.to_string())?;
+    if len > bytes_max {
+        return Err(format!("{}: {len} bytes is too large", path.display()));
+    }
+    let mut buf = vec![0u8; len as usize];
+    let got = f.read_full_at(&mut buf, 0).map_err(|e| e.to_string())?;
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// Loads a sealed segment's index files and checks them without scanning the data.
+fn load_index(
+    disk: &dyn Disk,
+    dir: &Path,
+    base: i64,
+    file: &dyn DiskFile,
+    len: u64,
+    rel_max: u32,
+    interval: u32,
+) -> Result<SegmentIndex, String> {
+    let entries = entries_max(len);
+    let offsets = read_index_file(
+        disk,
+        &segment_path(dir, base, INDEX_SUFFIX),
+        entries * OFFSET_ENTRY_BYTES as u64,
+    )?;
+    let times = read_index_file(
+        disk,
+        &segment_path(dir, base, TIME_INDEX_SUFFIX),
+        entries * TIME_ENTRY_BYTES as u64,
+    )?;
+    let index = SegmentIndex::decode(interval, &offsets, &times, len, rel_max)?;
+    let last = index
+        .last_offset_entry()
+        .ok_or_else(|| "index is empty".to_owned())?;
+    let h = SegmentReader::new(file, base, len, BATCH_HEADER_BYTES as u32)
+        .header(last.pos.into())
+        .map_err(|e| format!("last index entry: {e}"))?;
+    if h.base_offset != base + i64::from(last.rel) {
+        return Err(format!(
+            "last index entry names offset {} but the batch there starts at {}",
+            base + i64::from(last.rel),
+            h.base_offset
+        ));
+    }
+    Ok(index)
+}
+
+/// Opens `dir` and rebuilds the in-memory state, repairing what it must.
+pub(crate) fn recover(
+    dir: &Path,
+    config: &LogConfig,
+    disk: &dyn Disk,
+    clock: &dyn Clock,
+    report: &mut RecoveryReport,
+) -> Result<Recovered, StorageError> {
+    disk.create_dir_all(dir)?;
+    let interval = config.index_interval_bytes;
+    let names = disk.read_dir(dir)?;
+    let mut bases = BTreeSet::new();
+    let mut indexes = Vec::new();
+    let mut dir_changed = false;
+    for name in &names {
+        match parse_name(name) {
+            Some((base, Kind::Log)) => {
+                bases.insert(base);
+            }
+            Some((base, Kind::Index)) => indexes.push((base, name)),
+            None if name.ends_with(&format!(".{TMP_SUFFIX}")) => {
+                warn!(dir = %dir.display(), file = %name, "removing stray temporary file");
+                remove_if_exists(disk, &dir.join(name))?;
+                report.stray_files_removed.push(name.clone());
+                dir_changed = true;
+            }
+            None => {
+                warn!(dir = %dir.display(), file = %name, "ignoring a file that is not part of the log");
+                report.unknown_files.push(name.clone());
+            }
+        }
+    }
+    for (base, name) in indexes {
+        if !bases.contains(&base) {
+            warn!(dir = %dir.display(), file = %name, "removing index without a segment");
+            remove_if_exists(disk, &dir.join(name))?;
+            report.stray_files_removed.push(name.clone());
+            dir_changed = true;
+        }
+    }
+    if bases.is_empty() {
+        disk.open(&segment_path(dir, 0, LOG_SUFFIX), OpenMode::CreateNew)?;
+        bases.insert(0);
+        dir_changed = true;
+    }
+
+    let bases: Vec<i64> = bases.into_iter().collect();
+    let mut segments = Vec::with_capacity(bases.len());
+    let now = clock.now_ms();
+    for (i, &base) in bases.iter().enumerate() {
+        let file = disk.open(&segment_path(dir, base, LOG_SUFFIX), OpenMode::Existing)?;
+        let len = file.len()?;
+        if len > SEGMENT_BYTES_LIMIT {
+            return Err(StorageError::Corrupt {
+                segment: base,
+                position: len,
+                reason: "segment file is larger than any segment Weir writes".to_owned(),
+            });
+        }
+        let Some(&next_base) = bases.get(i + 1) else {
+            // The active segment: validate every batch and cut the first bad one and
+            // everything after it; it was never acknowledged as durable past that point.
+            let s = scan(file.as_ref(), base, len, interval)?;
+            if let Some(stop) = &s.stop {
+                let (position, reason) = corrupt_reason(stop);
+                warn!(dir = %dir.display(), segment = base, position, bytes = len - s.valid_bytes,
+                    %reason, "truncating torn or corrupt tail of the active segment");
+                file.set_len(s.valid_bytes)?;
+                report.truncated = Some(TruncatedTail {
+                    segment: base,
+                    position: s.valid_bytes,
+                    bytes: len - s.valid_bytes,
+                    reason,
+                });
+            }
+            // Makes the cut durable, and whatever the old process wrote may still sit in
+            // the page cache only: after this the whole log is durable.
+            file.sync_data()?;
+            let first_append_ms = s
+                .first_max_timestamp
+                .map(|ts| if ts >= 0 { ts.min(now) } else { now });
+            segments.push(Segment {
+                base_offset: base,
+                file,
+                size_bytes: s.valid_bytes,
+                index: s.index,
+                first_append_ms,
+            });
+            let log_end = s.next_offset;
+            if dir_changed {
+                disk.sync_dir(dir)?;
+            }
+            report.segments = segments.len();
+            return Ok(Recovered { segments, log_end });
+        };
+        // A sealed segment holds offsets up to the next segment's base; a relative offset
+        // beyond u32 cannot be indexed (the scan stops there and reports it).
+        let rel_max = relative(next_base - 1, base).unwrap_or(u32::MAX);
+        let index = match load_index(disk, dir, base, file.as_ref(), len, rel_max, interval) {
+            Ok(index) => index,
+            Err(why) => {
+                warn!(dir = %dir.display(), segment = base, reason = %why, "rebuilding index of sealed segment");
+                let mut s = scan(file.as_ref(), base, len, interval)?;
+                s.index.seal();
+                if let Some(stop) = &s.stop {
+                    let (position, reason) = corrupt_reason(stop);
+                    warn!(dir = %dir.display(), segment = base, position, %reason,
+                        "sealed segment holds a bad batch; reads of it will fail");
+                    report.corrupt.push(CorruptRegion {
+                        segment: base,
+                        position,
+                        reason,
+                    });
+                } else {
+                    // Persist only a complete index, so the corruption is found again on
+                    // the next open instead of hiding behind a valid-looking index.
+                    write_index_files(disk, dir, base, &s.index)?;
+                    dir_changed = true;
+                }
+                report.indexes_rebuilt.push(base);
+                s.index
+            }
+        };
+        segments.push(Segment {
+            base_offset: base,
+            file,
+            size_bytes: len,
+            index,
+            first_append_ms: None,
+        });
+    }
+    unreachable!("the loop returns at the last segment, and there is at least one")
+}
