@@ -197,7 +197,10 @@ impl Config {
         }
         // Only keys Weir knows: other WEIR_* variables (the CLI's WEIR_ADDR) are not ours.
         let env = Env::prefixed("WEIR_")
-            .filter(|k| ENV_KEYS.iter().any(|p| k.as_str().starts_with(p)))
+            .filter(|k| {
+                let k = k.as_str().to_ascii_lowercase();
+                ENV_KEYS.iter().any(|p| k.starts_with(p))
+            })
             .split("__");
         let config: Config = fig
             .merge(env)
@@ -345,6 +348,8 @@ mod tests {
     }
 
     #[test]
+    // The closure's error type is figment's, fixed by `Jail::expect_with`.
+    #[allow(clippy::result_large_err)]
     fn file_then_env_override() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("weir.toml");
