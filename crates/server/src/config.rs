@@ -344,6 +344,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
+        // Config::default() reads no environment, so no jail is needed here.
         Config::default().validate().expect("defaults valid");
     }
 
@@ -370,7 +371,16 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn bad_files_are_refused_with_a_reason() {
+        // Inside a jail: it holds the lock that keeps other tests' WEIR_* variables out.
+        figment::Jail::expect_with(|_| {
+            bad_files();
+            Ok(())
+        });
+    }
+
+    fn bad_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("weir.toml");
         for (text, needle) in [
