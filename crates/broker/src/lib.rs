@@ -16,8 +16,10 @@
 //! (read-mostly map); the storage log's own lock is always innermost.
 #![deny(missing_docs)]
 
+pub mod group;
 pub mod metadata;
 mod partition;
+pub mod state_store;
 pub mod topic;
 
 use std::collections::{BTreeMap, HashMap};
@@ -60,6 +62,8 @@ pub struct BrokerConfig {
     pub fetch_partitions_max: u32,
     /// How often sealed segments are checked against retention.
     pub retention_check_interval_ms: u64,
+    /// Consumer group coordinator settings.
+    pub groups: group::GroupConfig,
 }
 
 impl BrokerConfig {
@@ -76,6 +80,7 @@ impl BrokerConfig {
             fetch_bytes_max: 16 * 1024 * 1024,
             fetch_partitions_max: 4096,
             retention_check_interval_ms: 60_000,
+            groups: group::GroupConfig::default(),
         }
     }
 }
@@ -317,6 +322,7 @@ struct TopicHandle {
 #[derive(Debug)]
 struct Inner {
     config: BrokerConfig,
+    groups: group::GroupCoordinator,
     admin: Arc<tokio::sync::Mutex<MetadataStore>>,
     topics: RwLock<HashMap<String, Arc<TopicHandle>>>,
     shutdown: CancellationToken,
@@ -331,6 +337,9 @@ pub struct Broker {
 
 const META_DIR: &str = "meta";
 const TOPICS_DIR: &str = "topics";
+const GROUPS_DIR: &str = "groups";
+/// How often group sessions and rebalance deadlines are checked.
+const GROUP_TICK_MS: u64 = 100;
 
 fn storage_err(topic: &str, partition: u32, e: StorageError) -> BrokerError {
     match e {
@@ -357,9 +366,10 @@ impl Broker {
     /// Must be called inside a tokio runtime.
     pub async fn open(config: BrokerConfig) -> Result<Broker, BrokerError> {
         let cfg = config.clone();
-        let (store, topics) = tokio::task::spawn_blocking(move || open_all(&cfg)).await??;
+        let (store, topics, groups) = tokio::task::spawn_blocking(move || open_all(&cfg)).await??;
         let inner = Arc::new(Inner {
             config,
+            groups,
             admin: Arc::new(tokio::sync::Mutex::new(store)),
             topics: RwLock::new(topics),
             shutdown: CancellationToken::new(),
@@ -371,6 +381,7 @@ impl Broker {
             broker.start_partition_tasks(&t);
         }
         broker.start_retention_task();
+        broker.start_group_task();
         Ok(broker)
     }
 
@@ -478,13 +489,16 @@ impl Broker {
         })
         .await?;
         submitted.map_err(|e| match e {
-            MetadataError::Apply(metadata::ApplyError::UnknownTopic(n)) => {
+            state_store::StoreError::Apply(metadata::ApplyError::UnknownTopic(n)) => {
                 BrokerError::UnknownTopic(n)
             }
             other => other.into(),
         })?;
         let handle = self.inner.topics.write().remove(name);
         drop(admin);
+        if let Err(e) = self.inner.groups.purge_topic(name) {
+            tracing::warn!(topic = name, error = %e, "could not forget committed offsets of the deleted topic");
+        }
         if let Some(h) = handle {
             let dir = topics_dir(&self.inner.config.data_dir).join(h.meta.dir_name());
             // Producers still holding the partition write into unlinked files; their data
@@ -672,12 +686,13 @@ impl Broker {
     /// running finish. Call [`Broker::shutdown`] once they have.
     pub fn begin_shutdown(&self) {
         self.inner.shutdown.cancel();
+        self.inner.groups.shutdown();
     }
 
     /// Stops background work, wakes waiting fetches, and syncs and closes every log.
     /// Requests that arrive later get [`BrokerError::ShuttingDown`].
     pub async fn shutdown(&self) {
-        self.inner.shutdown.cancel();
+        self.begin_shutdown();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
         let handles: Vec<_> = self.inner.topics.read().values().cloned().collect();
@@ -725,6 +740,60 @@ impl Broker {
                 }
             });
         }
+    }
+
+    /// The consumer group coordinator.
+    pub fn groups(&self) -> &group::GroupCoordinator {
+        &self.inner.groups
+    }
+
+    /// Why a committed offset may not name this partition, if it may not.
+    fn partition_error(&self, topic: &str, partition: u32) -> Option<group::GroupError> {
+        match self.partition(topic, partition) {
+            Ok(_) => None,
+            Err(BrokerError::UnknownTopic(t)) => Some(group::GroupError::UnknownTopic(t)),
+            Err(_) => Some(group::GroupError::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+            }),
+        }
+    }
+
+    /// Commits group offsets, checking that each partition exists.
+    pub async fn commit_offsets(
+        &self,
+        req: group::CommitOffsets,
+    ) -> Result<Vec<group::PartitionResult>, group::GroupError> {
+        self.inner
+            .groups
+            .commit_offsets(req, |t, p| self.partition_error(t, p))
+            .await
+    }
+
+    /// Sets an idle group's offsets, checking that each partition exists.
+    pub async fn reset_offsets(
+        &self,
+        group_id: &str,
+        offsets: Vec<(String, u32, i64, String)>,
+    ) -> Result<Vec<group::PartitionResult>, group::GroupError> {
+        self.inner
+            .groups
+            .reset_offsets(group_id, offsets, |t, p| self.partition_error(t, p))
+            .await
+    }
+
+    fn start_group_task(&self) {
+        let broker = self.clone();
+        let stop = self.inner.shutdown.clone();
+        self.inner.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(GROUP_TICK_MS));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => broker.inner.groups.tick(),
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
     }
 
     fn start_retention_task(&self) {
@@ -790,11 +859,15 @@ fn open_topic(dir: &Path, meta: TopicMeta, config: LogConfig) -> Result<TopicHan
     })
 }
 
-type Opened = (MetadataStore, HashMap<String, Arc<TopicHandle>>);
+type Opened = (
+    MetadataStore,
+    HashMap<String, Arc<TopicHandle>>,
+    group::GroupCoordinator,
+);
 
 fn open_all(config: &BrokerConfig) -> Result<Opened, BrokerError> {
     let (store, recovery) = MetadataStore::open(&config.data_dir.join(META_DIR))?;
-    if recovery != Default::default() {
+    if recovery != state_store::StoreRecovery::default() {
         tracing::warn!(?recovery, "recovered metadata");
     }
     let tdir = topics_dir(&config.data_dir);
@@ -821,12 +894,17 @@ fn open_all(config: &BrokerConfig) -> Result<Opened, BrokerError> {
             }
         }
     }
+    let groups =
+        group::GroupCoordinator::open(&config.data_dir.join(GROUPS_DIR), config.groups.clone())
+            .map_err(|e| {
+                BrokerError::Storage(StorageError::Io(std::io::Error::other(e.to_string())))
+            })?;
     tracing::info!(
         topics = topics.len(),
         "opened data directory {}",
         config.data_dir.display()
     );
-    Ok((store, topics))
+    Ok((store, topics, groups))
 }
 
 fn describe(t: &TopicHandle) -> TopicDescription {

@@ -297,6 +297,26 @@ kinds! {
     Fetch = 0x08 => FetchRequest, FetchResponse;
     /// Earliest, latest or by-timestamp offset of a partition.
     ListOffsets = 0x09 => ListOffsetsRequest, ListOffsetsResponse;
+    /// Join a consumer group (may wait for a rebalance to complete).
+    JoinGroup = 0x0a => JoinGroupRequest, JoinGroupResponse;
+    /// Hand out (leader) or receive (everyone) the group's assignment.
+    SyncGroup = 0x0b => SyncGroupRequest, SyncGroupResponse;
+    /// Keep a group membership alive; learn about rebalances.
+    Heartbeat = 0x0c => HeartbeatRequest, HeartbeatResponse;
+    /// Leave a consumer group at once.
+    LeaveGroup = 0x0d => LeaveGroupRequest, LeaveGroupResponse;
+    /// Store a group's consumed positions.
+    OffsetCommit = 0x0e => OffsetCommitRequest, OffsetCommitResponse;
+    /// Read a group's committed positions.
+    OffsetFetch = 0x0f => OffsetFetchRequest, OffsetFetchResponse;
+    /// All groups.
+    ListGroups = 0x10 => ListGroupsRequest, ListGroupsResponse;
+    /// One group's state and members.
+    DescribeGroup = 0x11 => DescribeGroupRequest, DescribeGroupResponse;
+    /// Set an idle group's committed offsets.
+    ResetOffsets = 0x12 => ResetOffsetsRequest, ResetOffsetsResponse;
+    /// Forget an idle group's committed offsets.
+    DeleteGroup = 0x13 => DeleteGroupRequest, DeleteGroupResponse;
 }
 
 fn check_version(version: u8) -> Result<(), BodyError> {

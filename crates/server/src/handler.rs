@@ -2,6 +2,7 @@
 //! errors to protocol error codes.
 
 use bytes::BytesMut;
+use weir_broker::group::{CommitOffsets, GroupError, JoinGroup, PartitionResult};
 use weir_broker::{
     Acks, Appended, BrokerError, FetchPartitionSpec, FetchSpec, OffsetQuery, TopicDescription,
 };
@@ -30,6 +31,50 @@ pub(crate) fn error_code(e: &BrokerError) -> ErrorCode {
         BrokerError::Storage(_) | BrokerError::Metadata(_) => ErrorCode::StorageError,
         _ => ErrorCode::UnknownServerError,
     }
+}
+
+/// The protocol code for a group error.
+pub(crate) fn group_error_code(e: &GroupError) -> ErrorCode {
+    match e {
+        GroupError::InvalidGroupId(_) => ErrorCode::InvalidGroupId,
+        GroupError::UnknownMemberId(_) => ErrorCode::UnknownMemberId,
+        GroupError::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
+        GroupError::RebalanceInProgress => ErrorCode::RebalanceInProgress,
+        GroupError::InconsistentGroupProtocol(_) => ErrorCode::InconsistentGroupProtocol,
+        GroupError::InvalidSessionTimeout { .. } => ErrorCode::InvalidSessionTimeout,
+        GroupError::FencedInstanceId(_) => ErrorCode::FencedInstanceId,
+        GroupError::NonEmptyGroup => ErrorCode::NonEmptyGroup,
+        GroupError::GroupNotFound(_) => ErrorCode::GroupNotFound,
+        GroupError::OffsetMetadataTooLarge { .. } => ErrorCode::OffsetMetadataTooLarge,
+        GroupError::PartitionNotOwned { .. } => ErrorCode::PartitionNotOwned,
+        GroupError::GroupMaxSizeReached(_) => ErrorCode::GroupMaxSizeReached,
+        GroupError::MemberIdRequired(_) => ErrorCode::MemberIdRequired,
+        GroupError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+        GroupError::UnknownTopic(_) => ErrorCode::UnknownTopic,
+        GroupError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+        GroupError::Storage(_) => ErrorCode::StorageError,
+        GroupError::ShuttingDown => ErrorCode::ShuttingDown,
+        _ => ErrorCode::UnknownServerError,
+    }
+}
+
+fn group_status(e: &GroupError) -> Option<v1::Status> {
+    Some(v1::Status::new(group_error_code(e), e.to_string()))
+}
+
+fn instance(id: String) -> Option<String> {
+    (!id.is_empty()).then_some(id)
+}
+
+fn partition_statuses(results: Vec<PartitionResult>) -> Vec<v1::PartitionStatus> {
+    results
+        .into_iter()
+        .map(|(topic, partition, r)| v1::PartitionStatus {
+            topic,
+            partition,
+            status: r.err().as_ref().map_or_else(ok, group_status),
+        })
+        .collect()
 }
 
 fn status(e: &BrokerError) -> Option<v1::Status> {
@@ -138,7 +183,11 @@ pub(crate) async fn finish_produce(
 }
 
 /// Runs one request. `None` means no response is sent (produce with acks none).
-pub(crate) async fn handle(shared: &Shared, request: Request) -> Option<Response> {
+pub(crate) async fn handle(
+    shared: &Shared,
+    peer: std::net::SocketAddr,
+    request: Request,
+) -> Option<Response> {
     let broker = &shared.broker;
     Some(match request {
         Request::Handshake(r) => {
@@ -333,5 +382,220 @@ pub(crate) async fn handle(shared: &Shared, request: Request) -> Option<Response
                 },
             )
         }
+        Request::JoinGroup(r) => {
+            let req = JoinGroup {
+                group_id: r.group_id,
+                member_id: r.member_id,
+                group_instance_id: instance(r.group_instance_id),
+                session_timeout_ms: r.session_timeout_ms,
+                rebalance_timeout_ms: r.rebalance_timeout_ms,
+                protocol_type: r.protocol_type,
+                protocols: r
+                    .protocols
+                    .into_iter()
+                    .map(|p| (p.name, p.metadata))
+                    .collect(),
+                client_id: r.client_id,
+                client_host: peer.to_string(),
+                require_known_member_id: false,
+            };
+            Response::JoinGroup(match broker.groups().join_group(req).await {
+                Ok(j) => v1::JoinGroupResponse {
+                    status: ok(),
+                    generation_id: j.generation_id,
+                    protocol_name: j.protocol_name,
+                    leader_id: j.leader_id,
+                    member_id: j.member_id,
+                    members: j
+                        .members
+                        .into_iter()
+                        .map(|m| v1::GroupMember {
+                            member_id: m.member_id,
+                            group_instance_id: m.group_instance_id.unwrap_or_default(),
+                            metadata: m.metadata,
+                        })
+                        .collect(),
+                },
+                Err(e) => v1::JoinGroupResponse {
+                    status: group_status(&e),
+                    generation_id: -1,
+                    ..Default::default()
+                },
+            })
+        }
+        Request::SyncGroup(r) => {
+            let assignments = r
+                .assignments
+                .into_iter()
+                .map(|a| (a.member_id, a.assignment))
+                .collect();
+            let instance_id = instance(r.group_instance_id);
+            let result = broker
+                .groups()
+                .sync_group(
+                    &r.group_id,
+                    r.generation_id,
+                    &r.member_id,
+                    instance_id.as_deref(),
+                    assignments,
+                )
+                .await;
+            Response::SyncGroup(match result {
+                Ok(assignment) => v1::SyncGroupResponse {
+                    status: ok(),
+                    assignment,
+                },
+                Err(e) => v1::SyncGroupResponse {
+                    status: group_status(&e),
+                    assignment: Default::default(),
+                },
+            })
+        }
+        Request::Heartbeat(r) => {
+            let instance_id = instance(r.group_instance_id);
+            let result = broker.groups().heartbeat(
+                &r.group_id,
+                r.generation_id,
+                &r.member_id,
+                instance_id.as_deref(),
+            );
+            Response::Heartbeat(v1::HeartbeatResponse {
+                status: result.err().as_ref().map_or_else(ok, group_status),
+            })
+        }
+        Request::LeaveGroup(r) => {
+            let members: Vec<_> = r
+                .members
+                .into_iter()
+                .map(|m| (m.member_id, instance(m.group_instance_id)))
+                .collect();
+            let result = broker.groups().leave_group(&r.group_id, &members);
+            Response::LeaveGroup(v1::LeaveGroupResponse {
+                status: result.err().as_ref().map_or_else(ok, group_status),
+            })
+        }
+        Request::OffsetCommit(r) => {
+            let req = CommitOffsets {
+                group_id: r.group_id,
+                generation_id: r.generation_id,
+                member_id: r.member_id,
+                group_instance_id: instance(r.group_instance_id),
+                offsets: r
+                    .offsets
+                    .into_iter()
+                    .map(|o| (o.topic, o.partition, o.offset, o.metadata))
+                    .collect(),
+            };
+            Response::OffsetCommit(match broker.commit_offsets(req).await {
+                Ok(results) => v1::OffsetCommitResponse {
+                    status: ok(),
+                    partitions: partition_statuses(results),
+                },
+                Err(e) => v1::OffsetCommitResponse {
+                    status: group_status(&e),
+                    partitions: Vec::new(),
+                },
+            })
+        }
+        Request::OffsetFetch(r) => {
+            let wanted: Vec<(String, u32)> = r
+                .partitions
+                .into_iter()
+                .map(|tp| (tp.topic, tp.partition))
+                .collect();
+            let wanted = (!wanted.is_empty()).then_some(wanted);
+            let fetched = broker
+                .groups()
+                .fetch_offsets(&r.group_id, wanted.as_deref());
+            Response::OffsetFetch(match fetched {
+                Ok(list) => v1::OffsetFetchResponse {
+                    status: ok(),
+                    offsets: list
+                        .into_iter()
+                        .map(|(topic, partition, c)| v1::CommittedOffset {
+                            topic,
+                            partition,
+                            offset: c.as_ref().map_or(-1, |c| c.offset),
+                            metadata: c.map(|c| c.metadata).unwrap_or_default(),
+                            status: ok(),
+                        })
+                        .collect(),
+                },
+                Err(e) => v1::OffsetFetchResponse {
+                    status: group_status(&e),
+                    offsets: Vec::new(),
+                },
+            })
+        }
+        Request::ListGroups(_) => Response::ListGroups(v1::ListGroupsResponse {
+            status: ok(),
+            groups: broker
+                .groups()
+                .list_groups()
+                .into_iter()
+                .map(|g| v1::GroupSummary {
+                    group_id: g.group_id,
+                    protocol_type: g.protocol_type,
+                    state: g.state.to_string(),
+                    members: g.members,
+                })
+                .collect(),
+        }),
+        Request::DescribeGroup(r) => {
+            Response::DescribeGroup(match broker.groups().describe_group(&r.group_id) {
+                Ok(d) => v1::DescribeGroupResponse {
+                    status: ok(),
+                    group_id: d.group_id,
+                    state: d.state.to_string(),
+                    protocol_type: d.protocol_type,
+                    protocol: d.protocol,
+                    generation_id: d.generation_id,
+                    leader_id: d.leader_id,
+                    members: d
+                        .members
+                        .into_iter()
+                        .map(|m| v1::MemberDescription {
+                            member_id: m.member_id,
+                            group_instance_id: m.group_instance_id.unwrap_or_default(),
+                            client_id: m.client_id,
+                            client_host: m.client_host,
+                            metadata: m.metadata,
+                            assignment: m.assignment,
+                        })
+                        .collect(),
+                },
+                Err(e) => v1::DescribeGroupResponse {
+                    status: group_status(&e),
+                    group_id: r.group_id,
+                    ..Default::default()
+                },
+            })
+        }
+        Request::ResetOffsets(r) => {
+            let offsets = r
+                .offsets
+                .into_iter()
+                .map(|o| (o.topic, o.partition, o.offset, o.metadata))
+                .collect();
+            Response::ResetOffsets(match broker.reset_offsets(&r.group_id, offsets).await {
+                Ok(results) => v1::ResetOffsetsResponse {
+                    status: ok(),
+                    partitions: partition_statuses(results),
+                },
+                Err(e) => v1::ResetOffsetsResponse {
+                    status: group_status(&e),
+                    partitions: Vec::new(),
+                },
+            })
+        }
+        Request::DeleteGroup(r) => Response::DeleteGroup(v1::DeleteGroupResponse {
+            status: broker
+                .groups()
+                .delete_group(&r.group_id)
+                .await
+                .err()
+                .as_ref()
+                .map_or_else(ok, group_status),
+        }),
     })
 }

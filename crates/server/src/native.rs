@@ -168,7 +168,7 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             let shared = shared.clone();
             let out_tx = out_tx.clone();
             requests.spawn(async move {
-                let response = handler::handle(&shared, request).await;
+                let response = handler::handle(&shared, peer, request).await;
                 respond(id, response, &out_tx).await;
                 drop(permit);
             });
