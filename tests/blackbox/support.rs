@@ -41,6 +41,8 @@ impl ServerProcess {
             .arg("127.0.0.1:0")
             .args(extra)
             .env("RUST_LOG", "info")
+            // Every listener on an ephemeral port, so parallel tests never collide.
+            .env("WEIR_KAFKA_ADDR", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
