@@ -37,7 +37,7 @@ impl Admin {
     }
 
     /// Creates `name` with `partitions` partitions and per-topic `configs`
-    /// (for example `fsync` = `always` | `never` | `interval:<ms>`), returning the
+    /// (for example `fsync` = `always` | `interval` | `never`, with `fsync_interval_ms`), returning the
     /// topic as created, defaults included.
     pub async fn create_topic(
         &self,

@@ -39,9 +39,13 @@ impl Strategy {
 
     /// The strategy with this protocol name.
     pub fn from_name(name: &str) -> Option<Strategy> {
-        [Strategy::Range, Strategy::RoundRobin, Strategy::CooperativeSticky]
-            .into_iter()
-            .find(|s| s.name() == name)
+        [
+            Strategy::Range,
+            Strategy::RoundRobin,
+            Strategy::CooperativeSticky,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
     }
 
     /// Whether members keep their partitions while they rejoin.
@@ -205,7 +209,9 @@ fn cooperative_sticky(
             for tp in candidates {
                 let taker = target
                     .iter()
-                    .filter(|(m, set)| **m != giver && subs[*m].contains(&tp.0) && set.len() + 1 < give_len)
+                    .filter(|(m, set)| {
+                        **m != giver && subs[*m].contains(&tp.0) && set.len() + 1 < give_len
+                    })
                     .min_by_key(|(m, set)| (set.len(), **m))
                     .map(|(m, _)| *m);
                 if let Some(taker) = taker {
@@ -237,7 +243,7 @@ fn cooperative_sticky(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    use proptest::prelude::{any, prop_assert, prop_assert_eq, proptest};
 
     fn member(id: &str, topics: &[&str], owned: &[(&str, u32)]) -> MemberSubscription {
         MemberSubscription {
@@ -254,7 +260,11 @@ mod tests {
 
     #[test]
     fn range_gives_consecutive_blocks() {
-        let members = [member("a", &["t"], &[]), member("b", &["t"], &[]), member("c", &["t"], &[])];
+        let members = [
+            member("a", &["t"], &[]),
+            member("b", &["t"], &[]),
+            member("c", &["t"], &[]),
+        ];
         let parts = BTreeMap::from([("t".to_owned(), 7)]);
         let a = assign(Strategy::Range, &members, &parts);
         let ps = |m: &str| a[m].iter().map(|(_, p)| *p).collect::<Vec<_>>();
@@ -291,7 +301,10 @@ mod tests {
         assert_eq!(kept, 5);
         // The owner revokes; everyone rejoins with what they now own.
         for m in &mut members {
-            m.owned = first[&m.member_id].iter().map(|(t, p)| (t.clone(), *p)).collect();
+            m.owned = first[&m.member_id]
+                .iter()
+                .map(|(t, p)| (t.clone(), *p))
+                .collect();
             m.generation = 2;
         }
         let second = assign(Strategy::CooperativeSticky, &members, &parts);

@@ -97,6 +97,16 @@ impl Client {
         Consumer::new(self.clone(), config)
     }
 
+    /// A member of a consumer group subscribed to `topics` (see [`GroupConsumer`](crate::GroupConsumer)). It
+    /// joins on its first poll.
+    pub fn group_consumer(
+        &self,
+        config: crate::GroupConfig,
+        topics: Vec<String>,
+    ) -> Result<crate::GroupConsumer> {
+        crate::GroupConsumer::new(self.clone(), config, topics)
+    }
+
     /// Closes the connection: pending requests fail with [`ClientError::Closed`], and so
     /// does every later request from any clone.
     pub fn close(&self) {

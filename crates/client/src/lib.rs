@@ -16,6 +16,10 @@
 //!   `buffer_bytes_max`, interceptors ([`ProducerInterceptor`]).
 //! - [`Consumer`] (`consumer.rs`): assignment, [`SeekTo`] seeks, long-poll fetches over
 //!   all assigned partitions, and a push mode ([`Consumer::run`]).
+//! - [`GroupConsumer`] (`group.rs`, `assignor.rs`): consumer groups with rebalancing
+//!   (range, round-robin, cooperative sticky), static membership, committed offsets
+//!   (sync, async, automatic; at least once or at most once), a rebalance listener, and
+//!   broadcast consumption with positions on the broker or in a local file.
 //! - [`ClientError`] (`error.rs`): one small error enum with
 //!   [`is_retriable`](ClientError::is_retriable).
 //!
@@ -103,16 +107,19 @@
 #![deny(missing_docs)]
 
 mod admin;
+mod assignor;
 mod client;
 mod config;
 mod conn;
 mod consumer;
 mod error;
+mod group;
 mod partitioner;
 mod producer;
 mod record;
 
 pub use admin::Admin;
+pub use assignor::{MemberSubscription, Strategy, TopicPartition};
 pub use client::Client;
 pub use config::{
     Acks, AutoOffsetReset, BATCH_BYTES_MIN, ClientConfig, ConsumerConfig, FRAME_BYTES_MIN,
@@ -122,6 +129,9 @@ pub use config::{
 pub use conn::{ServerInfo, ServerLimits};
 pub use consumer::{Consumer, SeekTo};
 pub use error::{ClientError, Result};
+pub use group::{
+    Delivery, GroupConfig, GroupConsumer, GroupMode, OffsetStore, RebalanceListener, StartFrom,
+};
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{Producer, ProducerInterceptor};
 pub use record::{ConsumerRecord, ProducerRecord, RecordMetadata};
