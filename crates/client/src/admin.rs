@@ -93,6 +93,72 @@ impl Admin {
     pub async fn metadata(&self, topics: Vec<String>) -> Result<v1::MetadataResponse> {
         self.client.metadata(topics).await
     }
+
+    /// Every group with members or committed offsets.
+    pub async fn list_groups(&self) -> Result<Vec<v1::GroupSummary>> {
+        Ok(call!(self, ListGroups, v1::ListGroupsRequest {}).groups)
+    }
+
+    /// A group's state, members and their assignments.
+    pub async fn describe_group(&self, group_id: &str) -> Result<v1::DescribeGroupResponse> {
+        Ok(call!(
+            self,
+            DescribeGroup,
+            v1::DescribeGroupRequest {
+                group_id: group_id.to_owned(),
+            }
+        ))
+    }
+
+    /// A group's committed offsets (every partition it committed).
+    pub async fn group_offsets(&self, group_id: &str) -> Result<Vec<v1::CommittedOffset>> {
+        Ok(call!(
+            self,
+            OffsetFetch,
+            v1::OffsetFetchRequest {
+                group_id: group_id.to_owned(),
+                partitions: Vec::new(),
+            }
+        )
+        .offsets)
+    }
+
+    /// Sets committed offsets of a group without members; one status per partition.
+    pub async fn reset_offsets(
+        &self,
+        group_id: &str,
+        offsets: Vec<(String, u32, i64)>,
+    ) -> Result<Vec<v1::PartitionStatus>> {
+        Ok(call!(
+            self,
+            ResetOffsets,
+            v1::ResetOffsetsRequest {
+                group_id: group_id.to_owned(),
+                offsets: offsets
+                    .into_iter()
+                    .map(|(topic, partition, offset)| v1::PartitionOffset {
+                        topic,
+                        partition,
+                        offset,
+                        metadata: String::new(),
+                    })
+                    .collect(),
+            }
+        )
+        .partitions)
+    }
+
+    /// Forgets the committed offsets of a group without members.
+    pub async fn delete_group(&self, group_id: &str) -> Result<()> {
+        call!(
+            self,
+            DeleteGroup,
+            v1::DeleteGroupRequest {
+                group_id: group_id.to_owned(),
+            }
+        );
+        Ok(())
+    }
 }
 
 fn missing(kind: &str, field: &str) -> crate::ClientError {
