@@ -96,17 +96,53 @@ async fn three_members_split_six_partitions_and_a_fourth_moves_only_what_it_take
     let before = owners(&members);
     assert_eq!(before.len(), 6);
 
-    // A fourth member: cooperative sticky moves only the partitions it takes.
+    // A fourth member: cooperative sticky moves only the partitions it takes, and the
+    // members that keep theirs go on receiving messages while the rebalance runs.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let feeder = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let producer = client
+                .producer(ProducerConfig::default())
+                .expect("producer");
+            let mut i = 0u64;
+            while !stop.is_cancelled() {
+                producer
+                    .send(
+                        ProducerRecord::new("orders")
+                            .with_key(format!("c{i}"))
+                            .with_value(format!("c-{i}")),
+                    )
+                    .await
+                    .expect("send");
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            producer.close().await;
+        })
+    };
     members.push(
         client
             .group_consumer(config("g"), vec!["orders".into()])
             .expect("member"),
     );
-    drive(&mut members, |ms, _| {
-        let counts: Vec<usize> = ms.iter().map(|m| m.assignment().len()).collect();
-        counts.iter().sum::<usize>() == 6 && counts.iter().all(|&c| c >= 1)
-    })
-    .await;
+    let started = Instant::now();
+    let mut during: Vec<usize> = vec![0; 4];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rebalance_took = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the fourth member never got a partition"
+        );
+        for (i, m) in members.iter_mut().enumerate() {
+            during[i] += m.poll(Duration::from_millis(50)).await.expect("poll").len();
+        }
+        if !members[3].assignment().is_empty() {
+            break started.elapsed();
+        }
+    };
+    stop.cancel();
+    feeder.await.expect("feeder");
     let after = owners(&members);
     assert_eq!(after.len(), 6);
     let moved: Vec<_> = before
@@ -120,6 +156,19 @@ async fn three_members_split_six_partitions_and_a_fourth_moves_only_what_it_take
         "only the newcomer's partitions moved: {moved:?}"
     );
     assert!(!taken.is_empty());
+    let losers: BTreeSet<usize> = moved.iter().map(|(_, o)| **o).collect();
+    for i in 0..3 {
+        if !losers.contains(&i) {
+            assert!(
+                during[i] > 0,
+                "member {i} kept its partitions but received nothing during the {rebalance_took:?} rebalance"
+            );
+        }
+    }
+    eprintln!(
+        "rebalance to admit a fourth member took {rebalance_took:?}; messages received meanwhile by the first three: {:?}",
+        &during[..3]
+    );
 
     // Messages produced now reach the group once each.
     produce(&client, "orders", 300, "b").await;
