@@ -3,5 +3,11 @@
 
 mod bad_input;
 mod crash;
+mod durability;
+mod groups;
+mod harness;
+mod kafka;
+mod pressure;
 mod restart;
+mod startup;
 mod support;

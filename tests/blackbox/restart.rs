@@ -22,9 +22,10 @@ fn produce(c: &mut RawClient, topic: &str, partition: u32, values: &[Vec<u8>]) {
     assert!(r.status.unwrap_or_default().is_ok());
 }
 
+/// Ten values of fixed width, so that every batch has the same size.
 fn values(batch: usize) -> Vec<Vec<u8>> {
     (0..10)
-        .map(|i| format!("b{batch}-r{i}").into_bytes())
+        .map(|i| format!("b{batch:02}-r{i}").into_bytes())
         .collect()
 }
 
@@ -115,7 +116,7 @@ fn segment_cut_at_a_random_byte_is_repaired_at_start() {
     assert_eq!(stored.len(), whole * 10, "cut at {cut} of {len}");
     for (i, (offset, v)) in stored.iter().enumerate() {
         assert_eq!(*offset, i as i64);
-        assert_eq!(v, &format!("b{}-r{}", i / 10, i % 10).into_bytes());
+        assert_eq!(v, &format!("b{:02}-r{}", i / 10, i % 10).into_bytes());
     }
     // Appends continue right after the repaired tail.
     produce(&mut c, "cut", 0, &values(99));

@@ -261,3 +261,71 @@ pub fn batch_of(values: &[Vec<u8>]) -> BytesMut {
     }
     b.finish()
 }
+
+/// A `weir server` started through its environment alone, with its Kafka listener.
+pub struct KafkaServer {
+    /// The process (and its native address).
+    pub process: ServerProcess,
+    /// Kafka listener address.
+    pub kafka_addr: SocketAddr,
+}
+
+impl KafkaServer {
+    /// Starts `weir server` over `data_dir` with every listener on an ephemeral loopback
+    /// port, set through `WEIR_*` variables (and `envs` after them), and waits for both
+    /// `weir listening` lines.
+    pub fn start_env(data_dir: &Path, envs: &[(&str, &str)]) -> KafkaServer {
+        let log_path = data_dir.with_extension(format!(
+            "{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let log = std::fs::File::create(&log_path).expect("create server log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .arg("server")
+            .env("WEIR_DATA_DIR", data_dir)
+            .env("WEIR_NATIVE_ADDR", "127.0.0.1:0")
+            .env("WEIR_KAFKA_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn weir server");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut native, mut kafka) = (None, None);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(a) = line.strip_prefix("weir listening native=") {
+                    native = Some(a.trim().to_owned());
+                } else if let Some(a) = line.strip_prefix("weir listening kafka=") {
+                    kafka = Some(a.trim().to_owned());
+                }
+                if let (Some(n), Some(k)) = (&native, &kafka) {
+                    let _ = tx.send((n.clone(), k.clone()));
+                }
+            }
+        });
+        let (native, kafka) = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("weir server did not start with its kafka listener; its log:\n{log}");
+            }
+        };
+        KafkaServer {
+            process: ServerProcess {
+                child,
+                addr: native.parse().expect("native address"),
+                log_path,
+            },
+            kafka_addr: kafka.parse().expect("kafka address"),
+        }
+    }
+}

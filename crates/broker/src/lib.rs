@@ -7,18 +7,23 @@
 //! - [`metadata`]: commands, the state they build, the durable command log + snapshot.
 //! - [`topic`]: topic name rules and per-topic settings.
 //! - `partition`: a partition's log and its high-watermark signal.
+//! - [`idempotence`]: producer ids, sequence checks and duplicate suppression for
+//!   idempotent producers; `partitions`: growing a topic.
 //!
 //! Threads: storage calls block (positional I/O, fdatasync), so they run on tokio's
 //! blocking pool; group commit happens inside `weir_storage::Log::sync_to`, where
 //! concurrent producers to one partition share one fdatasync.
 //!
 //! Lock order: `admin` (tokio mutex, serializes metadata changes) before `topics`
-//! (read-mostly map); the storage log's own lock is always innermost.
+//! (read-mostly map); a partition's producer-state lock before its log's lock; the storage
+//! log's own lock is always innermost.
 #![deny(missing_docs)]
 
 pub mod group;
+pub mod idempotence;
 pub mod metadata;
 mod partition;
+mod partitions;
 pub mod state_store;
 pub mod topic;
 
@@ -32,7 +37,7 @@ use parking_lot::RwLock;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use weir_storage::{FsDisk, FsyncPolicy, Log, LogConfig, StorageError, SystemClock};
+use weir_storage::{Disk, FsDisk, FsyncPolicy, Log, LogConfig, StorageError, SystemClock};
 
 use metadata::{MetadataCommand, MetadataError, MetadataStore, TopicMeta};
 use partition::Partition;
@@ -64,6 +69,9 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     /// Consumer group coordinator settings.
     pub groups: group::GroupConfig,
+    /// The file system every partition log is opened on: the real one by default; tests
+    /// inject a failing one (`weir_storage::testing::FaultyDisk`).
+    pub disk: Arc<dyn Disk>,
 }
 
 impl BrokerConfig {
@@ -81,6 +89,7 @@ impl BrokerConfig {
             fetch_partitions_max: 4096,
             retention_check_interval_ms: 60_000,
             groups: group::GroupConfig::default(),
+            disk: Arc::new(FsDisk),
         }
     }
 }
@@ -158,6 +167,26 @@ pub enum BrokerError {
         /// Cause.
         reason: String,
     },
+    /// The disk is full: nothing of this write was stored, the partition is intact, and
+    /// writes succeed again once space is freed.
+    #[error("partition {topic}/{partition}: no space left on the disk; nothing was written")]
+    DiskFull {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+    },
+    /// Stored data failed its checksum (or sits at the wrong offset); the damaged region
+    /// is never served. Other partitions, and the rest of this one, are unaffected.
+    #[error("partition {topic}/{partition} holds corrupt data: {reason}")]
+    CorruptData {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Where and what, as storage found it.
+        reason: String,
+    },
     /// The storage layer failed.
     #[error("storage: {0}")]
     Storage(StorageError),
@@ -170,6 +199,36 @@ pub enum BrokerError {
     /// The broker is shutting down.
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// An idempotent producer's batch does not follow its previous batch.
+    #[error("out of order sequence from producer {producer_id}: expected {expected}, got {got}")]
+    OutOfOrderSequence {
+        /// Producer id.
+        producer_id: i64,
+        /// The sequence the partition expected.
+        expected: i32,
+        /// The batch's first sequence.
+        got: i32,
+    },
+    /// A batch from an older epoch of an idempotent producer (a fenced, stale instance).
+    #[error("producer {producer_id} epoch {epoch} is older than its current epoch {current}")]
+    InvalidProducerEpoch {
+        /// Producer id.
+        producer_id: i64,
+        /// The batch's epoch.
+        epoch: i16,
+        /// The newest epoch the partition has seen.
+        current: i16,
+    },
+    /// A topic can only grow.
+    #[error("topic {topic:?} has {current} partitions; {requested} would not add any")]
+    PartitionsNotIncreased {
+        /// Topic.
+        topic: String,
+        /// Partitions it has.
+        current: u32,
+        /// Partitions asked for.
+        requested: u32,
+    },
 }
 
 impl From<tokio::task::JoinError> for BrokerError {
@@ -321,6 +380,8 @@ struct TopicHandle {
 
 #[derive(Debug)]
 struct Inner {
+    /// Producer ids for idempotent producers (`idempotence`).
+    producer_ids: idempotence::ProducerIds,
     config: BrokerConfig,
     groups: group::GroupCoordinator,
     admin: Arc<tokio::sync::Mutex<MetadataStore>>,
@@ -356,6 +417,32 @@ fn storage_err(topic: &str, partition: u32, e: StorageError) -> BrokerError {
             partition,
             reason: "an earlier write or fsync failed".into(),
         },
+        // This very operation's fsync failed: never retried (fsyncgate), the partition
+        // is failed from now on.
+        StorageError::Fatal(e) => BrokerError::PartitionFailed {
+            topic: topic.to_owned(),
+            partition,
+            reason: format!("an fsync or write failed: {e}"),
+        },
+        StorageError::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) =>
+        {
+            BrokerError::DiskFull {
+                topic: topic.to_owned(),
+                partition,
+            }
+        }
+        e @ StorageError::Corrupt { .. } => {
+            tracing::error!(topic, partition, error = %e, "corrupt data in a partition log; the damaged region is not served");
+            BrokerError::CorruptData {
+                topic: topic.to_owned(),
+                partition,
+                reason: e.to_string(),
+            }
+        }
         other => BrokerError::Storage(other),
     }
 }
@@ -368,6 +455,7 @@ impl Broker {
         let cfg = config.clone();
         let (store, topics, groups) = tokio::task::spawn_blocking(move || open_all(&cfg)).await??;
         let inner = Arc::new(Inner {
+            producer_ids: idempotence::ProducerIds::new(&config.data_dir),
             config,
             groups,
             admin: Arc::new(tokio::sync::Mutex::new(store)),
@@ -381,6 +469,7 @@ impl Broker {
             broker.start_partition_tasks(&t);
         }
         broker.start_retention_task();
+        broker.start_producer_snapshot_task();
         broker.start_group_task();
         Ok(broker)
     }
@@ -458,9 +547,10 @@ impl Broker {
             partitions,
             configs: meta.configs.clone(),
         };
+        let disk = self.inner.config.disk.clone();
         let (handle, admin) = tokio::task::spawn_blocking(move || {
             let mut admin = admin;
-            let handle = open_topic(&dir, meta, log_config)?;
+            let handle = open_topic(&dir, meta, log_config, &disk)?;
             admin.submit(cmd)?;
             Ok::<_, BrokerError>((handle, admin))
         })
@@ -565,14 +655,14 @@ impl Broker {
     ) -> Result<Appended, BrokerError> {
         self.check_running()?;
         let p = self.partition(topic, partition)?;
-        let log = p.log.clone();
+        let part = p.clone();
         let epoch = p.leader_epoch;
         let info = tokio::task::spawn_blocking(move || {
             let mut records = records;
-            log.append(&mut records, epoch)
+            idempotence::append(&part, &mut records, epoch)
         })
         .await?
-        .map_err(|e| storage_err(topic, partition, e))?;
+        .map_err(|e| e.into_broker(topic, partition))?;
         let durable = if p.fsync == FsyncPolicy::Always {
             // Synced whatever the producer waits for: data becomes readable only once it
             // is durable. Concurrent callers of sync_to share one fdatasync.
@@ -699,6 +789,7 @@ impl Broker {
         let _ = tokio::task::spawn_blocking(move || {
             for t in handles {
                 for (i, p) in t.partitions.iter().enumerate() {
+                    idempotence::snapshot_on_close(p);
                     if let Err(e) = p.log.close() {
                         tracing::error!(topic = %t.meta.name, partition = i, error = %e, "closing partition failed");
                     }
@@ -837,13 +928,18 @@ fn topics_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(TOPICS_DIR)
 }
 
-fn open_topic(dir: &Path, meta: TopicMeta, config: LogConfig) -> Result<TopicHandle, BrokerError> {
+fn open_topic(
+    dir: &Path,
+    meta: TopicMeta,
+    config: LogConfig,
+    disk: &Arc<dyn Disk>,
+) -> Result<TopicHandle, BrokerError> {
     let mut partitions = Vec::with_capacity(meta.partitions as usize);
     for i in 0..meta.partitions {
         let (log, report) = Log::open(
             dir.join(i.to_string()),
             config.clone(),
-            Arc::new(FsDisk),
+            disk.clone(),
             Arc::new(SystemClock),
         )
         .map_err(|e| storage_err(&meta.name, i, e))?;
@@ -875,7 +971,12 @@ fn open_all(config: &BrokerConfig) -> Result<Opened, BrokerError> {
     let mut topics = HashMap::new();
     for meta in store.state().topics.values() {
         let log_config = topic::resolve_log_config(&config.topic_defaults, &meta.configs)?;
-        let handle = open_topic(&tdir.join(meta.dir_name()), meta.clone(), log_config)?;
+        let handle = open_topic(
+            &tdir.join(meta.dir_name()),
+            meta.clone(),
+            log_config,
+            &config.disk,
+        )?;
         topics.insert(meta.name.clone(), Arc::new(handle));
     }
     let expected: std::collections::HashSet<String> = store

@@ -44,6 +44,14 @@ pub enum MetadataCommand {
         /// Settings to set; other settings are kept.
         configs: BTreeMap<String, String>,
     },
+    /// Grow a topic to more partitions (existing partitions keep their data; a count
+    /// that is not larger changes nothing).
+    CreatePartitions {
+        /// Topic name.
+        name: String,
+        /// New total partition count.
+        partitions: u32,
+    },
 }
 
 /// What the metadata knows about one topic.
@@ -102,6 +110,7 @@ impl StateMachine for MetadataState {
             }
             MetadataCommand::DeleteTopic { name }
             | MetadataCommand::AlterTopicConfig { name, .. }
+            | MetadataCommand::CreatePartitions { name, .. }
                 if !self.topics.contains_key(name) =>
             {
                 Err(ApplyError::UnknownTopic(name.clone()))
@@ -135,6 +144,11 @@ impl StateMachine for MetadataState {
             MetadataCommand::AlterTopicConfig { name, configs } => {
                 if let Some(t) = self.topics.get_mut(name) {
                     t.configs.extend(configs.clone());
+                }
+            }
+            MetadataCommand::CreatePartitions { name, partitions } => {
+                if let Some(t) = self.topics.get_mut(name) {
+                    t.partitions = t.partitions.max(*partitions);
                 }
             }
         }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use weir_storage::{FsyncPolicy, Log};
 
+use crate::idempotence::ProducerStates;
+
 /// A partition of a topic, shared by produce, fetch and background tasks.
 #[derive(Debug)]
 pub(crate) struct Partition {
@@ -17,16 +19,22 @@ pub(crate) struct Partition {
     pub(crate) leader_epoch: i32,
     /// Last published high watermark; fetches waiting for data subscribe to it.
     hw_tx: watch::Sender<i64>,
+    /// Idempotent producers' sequence state (see `idempotence`); locked around the
+    /// check-then-append of batches that carry a producer id, before the log's own lock.
+    pub(crate) producers: parking_lot::Mutex<ProducerStates>,
 }
 
 impl Partition {
+    /// Wraps an opened log; loads its producer state (blocking: may replay the log tail).
     pub(crate) fn new(log: Log, fsync: FsyncPolicy) -> Self {
         let (hw_tx, _) = watch::channel(log.high_watermark());
+        let producers = parking_lot::Mutex::new(ProducerStates::load(&log));
         Self {
             log: Arc::new(log),
             fsync,
             leader_epoch: 0,
             hw_tx,
+            producers,
         }
     }
 

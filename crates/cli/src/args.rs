@@ -56,6 +56,81 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Print messages of a topic.
     Consume(ConsumeArgs),
+    /// Measure throughput and latency (producers, consumers, groups, end to end).
+    Bench(crate::bench::BenchArgs),
+    /// List and describe consumer groups; reset or delete their committed offsets.
+    #[command(subcommand)]
+    Group(GroupCommand),
+}
+
+/// `weir group …`.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Every group with members or committed offsets.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = TopicFormat::Text)]
+        format: TopicFormat,
+    },
+    /// Members, assignments, and per partition the committed offset, log end and lag.
+    Describe {
+        /// Group id.
+        #[arg(value_parser = parse_bounded)]
+        group: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = TopicFormat::Text)]
+        format: TopicFormat,
+    },
+    /// Set the committed offsets of a group without members.
+    ResetOffsets {
+        /// Group id.
+        #[arg(value_parser = parse_bounded)]
+        group: String,
+        /// Topic whose offsets to set.
+        #[arg(long, value_parser = parse_bounded)]
+        topic: String,
+        /// Only this partition (default: all).
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Where to.
+        #[command(flatten)]
+        to: ResetTo,
+    },
+    /// Forget the committed offsets of a group without members.
+    Delete {
+        /// Group id.
+        #[arg(value_parser = parse_bounded)]
+        group: String,
+    },
+}
+
+/// Target of `weir group reset-offsets` (exactly one).
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ResetTo {
+    /// The oldest retained offset.
+    #[arg(long)]
+    pub to_earliest: bool,
+    /// The end of the log.
+    #[arg(long)]
+    pub to_latest: bool,
+    /// The first offset at or after this time (RFC 3339 or ms since the epoch).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub to_time: Option<i64>,
+    /// This offset.
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+    pub to_offset: Option<i64>,
+}
+
+/// Assignment strategy of `weir consume --group`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    /// Consecutive ranges per topic (eager).
+    Range,
+    /// Dealt out in turn (eager).
+    Roundrobin,
+    /// Sticky and incremental: only partitions that must move are revoked.
+    CooperativeSticky,
 }
 
 /// `weir server`.
@@ -202,6 +277,35 @@ pub struct ConsumeArgs {
     /// In text format, print the key and a tab before the value.
     #[arg(long)]
     pub print_key: bool,
+    /// Consume as a member of this consumer group: partitions are shared with the other
+    /// members and positions committed on the broker. Runs until --max-messages,
+    /// --idle-exit-ms, SIGTERM or Ctrl-C. New partitions start at --from-beginning or
+    /// --from-time, else at the end.
+    #[arg(long, short, value_parser = parse_bounded, conflicts_with_all = ["partition", "offset"])]
+    pub group: Option<String>,
+    /// Static membership id: a restart within the session timeout keeps the partitions.
+    #[arg(long, requires = "group", value_parser = parse_bounded)]
+    pub instance_id: Option<String>,
+    /// Assignment strategy of the group.
+    #[arg(long, value_enum, requires = "group", default_value_t = StrategyArg::CooperativeSticky)]
+    pub strategy: StrategyArg,
+    /// Session timeout of the group membership.
+    #[arg(long, requires = "group", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1_000..=1_800_000))]
+    pub session_timeout_ms: u32,
+    /// Broadcast: every member reads every message; this names the member, whose
+    /// positions are kept apart from the others'.
+    #[arg(long, requires = "group", value_name = "MEMBER", value_parser = parse_bounded)]
+    pub broadcast: Option<String>,
+    /// With --broadcast: keep positions in this local file instead of on the broker.
+    #[arg(long, requires = "broadcast")]
+    pub offsets_file: Option<std::path::PathBuf>,
+    /// Commit before printing (a crash may skip messages, none is printed twice).
+    #[arg(long, requires = "group")]
+    pub at_most_once: bool,
+    /// With --group: exit after this long without a message.
+    #[arg(long, requires = "group", value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_exit_ms: Option<u64>,
 }
 
 fn parse_bounded(s: &str) -> Result<String, String> {

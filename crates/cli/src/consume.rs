@@ -21,6 +21,9 @@ const POLL_RECORDS_MAX: u32 = 10_000;
 const OUTPUT_BUFFER_BYTES: usize = 256 * 1024;
 
 pub async fn run(client: &Client, args: ConsumeArgs) -> Result<()> {
+    if args.group.is_some() {
+        return crate::group::consume(client, &args).await;
+    }
     let topic = args.topic.as_str();
     let mut config = ConsumerConfig::default();
     config.max_poll_records = POLL_RECORDS_MAX;
@@ -94,13 +97,7 @@ pub async fn run(client: &Client, args: ConsumeArgs) -> Result<()> {
             {
                 continue;
             }
-            match args.format {
-                ConsumeFormat::Text => write_text(&mut out, r, args.print_key)?,
-                ConsumeFormat::Json => {
-                    serde_json::to_writer(&mut out, &to_json(r))?;
-                    out.write_all(b"\n")?;
-                }
-            }
+            write_record(&mut out, r, args.format, args.print_key)?;
             printed += 1;
             if args.max_messages.is_some_and(|max| printed >= max) {
                 out.flush()?;
@@ -129,6 +126,23 @@ fn unassign_done(consumer: &mut weir_client::Consumer, topic: &str, ends: &mut B
         }
         !done
     });
+}
+
+/// Prints one record in the chosen format.
+pub fn write_record(
+    out: &mut impl Write,
+    r: &ConsumerRecord,
+    format: ConsumeFormat,
+    print_key: bool,
+) -> Result<()> {
+    match format {
+        ConsumeFormat::Text => write_text(out, r, print_key)?,
+        ConsumeFormat::Json => {
+            serde_json::to_writer(&mut *out, &to_json(r))?;
+            out.write_all(b"\n")?;
+        }
+    }
+    Ok(())
 }
 
 fn write_text(out: &mut impl Write, r: &ConsumerRecord, print_key: bool) -> std::io::Result<()> {

@@ -82,7 +82,9 @@ fn client_exit(e: &ClientError) -> Exit {
         ClientError::Timeout(_) => Exit::Timeout,
         ClientError::InvalidArgument(_) => Exit::Invalid,
         ClientError::Server { code, .. } => match code {
-            ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => Exit::NotFound,
+            ErrorCode::UnknownTopic | ErrorCode::UnknownPartition | ErrorCode::GroupNotFound => {
+                Exit::NotFound
+            }
             ErrorCode::TopicAlreadyExists => Exit::AlreadyExists,
             ErrorCode::InvalidTopicName
             | ErrorCode::InvalidPartitionCount
@@ -90,7 +92,11 @@ fn client_exit(e: &ClientError) -> Exit {
             | ErrorCode::InvalidRequest
             | ErrorCode::BatchTooLarge
             | ErrorCode::OffsetOutOfRange
-            | ErrorCode::TooManyTopics => Exit::Invalid,
+            | ErrorCode::TooManyTopics
+            | ErrorCode::InvalidGroupId
+            | ErrorCode::NonEmptyGroup
+            | ErrorCode::InvalidSessionTimeout
+            | ErrorCode::InconsistentGroupProtocol => Exit::Invalid,
             ErrorCode::RequestTimedOut => Exit::Timeout,
             ErrorCode::ShuttingDown | ErrorCode::TooManyConnections => Exit::Unreachable,
             _ => Exit::Failure,

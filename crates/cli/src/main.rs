@@ -6,8 +6,10 @@
 //! the mapping). A closed stdout (`weir consume t | head`) ends the command quietly.
 
 mod args;
+mod bench;
 mod consume;
 mod exit;
+mod group;
 mod produce;
 mod server;
 mod topic;
@@ -59,5 +61,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Topic(cmd) => topic::run(&connect().await?, cmd).await,
         Command::Produce(args) => produce::run(&connect().await?, args).await,
         Command::Consume(args) => consume::run(&connect().await?, args).await,
+        Command::Bench(args) => bench::run(&cli.addr, cli.timeout_ms, args).await,
+        Command::Group(cmd) => group::run(&connect().await?, cmd).await,
     }
 }

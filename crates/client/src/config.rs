@@ -16,6 +16,8 @@ pub const INFLIGHT_REQUESTS_MAX_LIMIT: u32 = 65_536;
 pub const TIMEOUT_MS_LIMIT: u32 = 3_600_000;
 /// Largest `linger_ms` accepted (one minute).
 pub const LINGER_MS_LIMIT: u32 = 60_000;
+/// Largest `partition_inflight_batches_max` accepted.
+pub(crate) const PARTITION_INFLIGHT_BATCHES_LIMIT: u32 = 64;
 /// Largest `retries_max` accepted.
 pub const RETRIES_MAX_LIMIT: u32 = 1_000;
 /// Smallest `frame_bytes_max` accepted: room for any non-data response.
@@ -163,6 +165,13 @@ pub struct ProducerConfig {
     pub retry_backoff_max_ms: u32,
     /// Placement of records without an explicit partition.
     pub partitioning: Partitioning,
+    /// Produce requests of one partition in flight at once (1 to 64; Kafka's
+    /// `max.in.flight.requests.per.connection`). With 1 (the default) a partition's
+    /// records are appended in send order even across retries. Above 1 the next batches
+    /// are sent while earlier ones wait for the disk, which keeps a partition busy under
+    /// `acks = All` and fsync `always`; they are still appended in send order, but a
+    /// batch that is retried lands after the ones sent behind it.
+    pub partition_inflight_batches_max: u32,
     /// Hooks called before each record is batched and after it is acknowledged.
     pub interceptors: Vec<Arc<dyn ProducerInterceptor>>,
 }
@@ -179,6 +188,10 @@ impl fmt::Debug for ProducerConfig {
             .field("retry_backoff_ms", &self.retry_backoff_ms)
             .field("retry_backoff_max_ms", &self.retry_backoff_max_ms)
             .field("partitioning", &self.partitioning)
+            .field(
+                "partition_inflight_batches_max",
+                &self.partition_inflight_batches_max,
+            )
             .field("interceptors", &self.interceptors.len())
             .finish()
     }
@@ -196,6 +209,7 @@ impl Default for ProducerConfig {
             retry_backoff_ms: 100,
             retry_backoff_max_ms: 5_000,
             partitioning: Partitioning::KeyHash,
+            partition_inflight_batches_max: 1,
             interceptors: Vec::new(),
         }
     }
@@ -233,6 +247,12 @@ impl ProducerConfig {
             self.request_timeout_ms.into(),
             1,
             TIMEOUT_MS_LIMIT.into(),
+        )?;
+        check_range(
+            "partition_inflight_batches_max",
+            self.partition_inflight_batches_max.into(),
+            1,
+            PARTITION_INFLIGHT_BATCHES_LIMIT.into(),
         )?;
         check_range(
             "retries_max",

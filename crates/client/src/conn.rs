@@ -9,18 +9,19 @@
 //! connection for the next request.
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use weir_proto::{Request, Response, v1};
+use weir_proto::{FrameParts, Request, Response, WriteQueue, v1};
 
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
@@ -28,8 +29,10 @@ use crate::error::{ClientError, Result};
 /// Frames queued for the writer task beyond the in-flight requests (one-way produces do
 /// not hold an in-flight permit, so this bounds them).
 const WRITE_QUEUE_FRAMES_MAX: usize = 1024;
-/// Write buffer of the writer task; frames queued together leave in one syscall.
-const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// Bytes the writer task gathers from queued frames into one vectored write.
+const WRITE_GATHER_BYTES_MAX: usize = 256 * 1024;
+/// Buffers one vectored write hands to the kernel at most (Linux allows 1024).
+const WRITE_SLICES_MAX: usize = 64;
 /// Spare room the reader keeps in its receive buffer.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -107,22 +110,49 @@ impl Shared {
     }
 }
 
-/// Removes a pending entry when the request finishes, times out or is dropped.
-struct PendingGuard<'a> {
-    shared: &'a Shared,
+/// A request whose frame is queued for the socket; [`Exchange::response`] waits for
+/// its answer. Dropping it forgets the request (a late answer is ignored) and frees its
+/// in-flight permit.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    shared: Arc<Shared>,
     id: u32,
+    rx: oneshot::Receiver<Result<Response>>,
+    _permit: OwnedSemaphorePermit,
 }
 
-impl Drop for PendingGuard<'_> {
+impl Drop for Exchange {
     fn drop(&mut self) {
         self.shared.pending.lock().map.remove(&self.id);
+    }
+}
+
+impl Exchange {
+    /// Waits for the response. A [`Response::Error`] becomes [`ClientError::Server`].
+    pub(crate) async fn response(mut self) -> Result<Response> {
+        self.wait().await
+    }
+
+    /// Like [`response`](Self::response), but cancel-safe: if the wait is dropped (a
+    /// timeout), the exchange stays pending and can be waited on again.
+    pub(crate) async fn wait(&mut self) -> Result<Response> {
+        match (&mut self.rx).await {
+            Ok(Ok(Response::Error(e))) => {
+                let status = e.status.unwrap_or_else(|| {
+                    v1::Status::new(v1::ErrorCode::UnknownServerError, "error without status")
+                });
+                Err(ClientError::server(&status))
+            }
+            Ok(r) => r,
+            Err(_) => Err(closed_error(&self.shared)),
+        }
     }
 }
 
 /// A connected, handshaken connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    writer: mpsc::Sender<Bytes>,
+    writer: mpsc::Sender<FrameParts>,
     shared: Arc<Shared>,
     next_id: AtomicU32,
     inflight: Arc<Semaphore>,
@@ -219,10 +249,10 @@ impl Conn {
         self.shared.close(err);
     }
 
-    fn encode(&self, id: u32, request: &Request) -> Result<Bytes> {
-        let mut buf = BytesMut::new();
-        weir_proto::encode_request(&mut buf, id, request);
-        let body = buf.len() - weir_proto::HEADER_BYTES;
+    /// Encodes a request; record batches of a produce request are shared, not copied.
+    fn encode(&self, id: u32, request: &Request) -> Result<FrameParts> {
+        let frame = weir_proto::encode_request_parts(id, request);
+        let body = frame.len() - weir_proto::HEADER_BYTES;
         let max = self.server.limits.frame_bytes_max as usize;
         if body > max {
             return Err(ClientError::InvalidArgument(format!(
@@ -230,50 +260,52 @@ impl Conn {
                 request.kind()
             )));
         }
-        Ok(buf.freeze())
+        Ok(frame)
+    }
+
+    /// Takes an in-flight permit and queues `request` for the socket. Requests started
+    /// one after another from one task reach the server in that order, which lets a
+    /// producer pipeline batches of a partition.
+    pub(crate) async fn start(&self, request: &Request) -> Result<Exchange> {
+        let permit = self
+            .inflight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = self.encode(id, request)?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = self.shared.pending.lock();
+            if let Some(e) = &p.closed {
+                return Err(e.clone());
+            }
+            // Ids wrap after 2^32 requests; one that old and still pending is a bug.
+            let previous = p.map.insert(id, tx);
+            assert!(
+                previous.is_none(),
+                "correlation id {id} reused while pending"
+            );
+        }
+        let exchange = Exchange {
+            shared: self.shared.clone(),
+            id,
+            rx,
+            _permit: permit,
+        };
+        self.writer
+            .send(frame)
+            .await
+            .map_err(|_| self.closed_error())?;
+        Ok(exchange)
     }
 
     /// Sends `request` and waits up to `timeout` (queueing for a permit included) for its
     /// response. A [`Response::Error`] becomes [`ClientError::Server`].
     pub(crate) async fn request(&self, request: &Request, timeout: Duration) -> Result<Response> {
-        let exchange = async {
-            let _permit = self
-                .inflight
-                .acquire()
-                .await
-                .map_err(|_| ClientError::Closed)?;
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let frame = self.encode(id, request)?;
-            let (tx, rx) = oneshot::channel();
-            {
-                let mut p = self.shared.pending.lock();
-                if let Some(e) = &p.closed {
-                    return Err(e.clone());
-                }
-                // Ids wrap after 2^32 requests; one that old and still pending is a bug.
-                let previous = p.map.insert(id, tx);
-                assert!(
-                    previous.is_none(),
-                    "correlation id {id} reused while pending"
-                );
-            }
-            let _guard = PendingGuard {
-                shared: &self.shared,
-                id,
-            };
-            self.writer
-                .send(frame)
-                .await
-                .map_err(|_| self.closed_error())?;
-            rx.await.map_err(|_| self.closed_error())?
-        };
+        let exchange = async { self.start(request).await?.response().await };
         match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(Response::Error(e))) => {
-                let status = e.status.unwrap_or_else(|| {
-                    v1::Status::new(v1::ErrorCode::UnknownServerError, "error without status")
-                });
-                Err(ClientError::server(&status))
-            }
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout(timeout)),
         }
@@ -294,21 +326,31 @@ impl Conn {
     }
 
     fn closed_error(&self) -> ClientError {
-        self.shared
-            .pending
-            .lock()
-            .closed
-            .clone()
-            .unwrap_or_else(|| ClientError::Disconnected("connection closed".into()))
+        closed_error(&self.shared)
     }
+}
+
+fn closed_error(shared: &Shared) -> ClientError {
+    shared
+        .pending
+        .lock()
+        .closed
+        .clone()
+        .unwrap_or_else(|| ClientError::Disconnected("connection closed".into()))
 }
 
 pub(crate) fn unexpected(want: &str, got: &Response) -> ClientError {
     ClientError::Protocol(format!("expected a {want} response, got {:?}", got.kind()))
 }
 
-async fn write_loop(mut rx: mpsc::Receiver<Bytes>, write: OwnedWriteHalf, shared: Arc<Shared>) {
-    let mut w = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write);
+/// Writes queued frames: whatever is queued when the socket can take more leaves in one
+/// vectored write, record batches straight from the producer's buffers.
+async fn write_loop(
+    mut rx: mpsc::Receiver<FrameParts>,
+    mut w: OwnedWriteHalf,
+    shared: Arc<Shared>,
+) {
+    let mut queue = WriteQueue::new();
     let result: std::io::Result<()> = async {
         loop {
             let frame = tokio::select! {
@@ -318,12 +360,25 @@ async fn write_loop(mut rx: mpsc::Receiver<Bytes>, write: OwnedWriteHalf, shared
             let Some(frame) = frame else {
                 return Ok(());
             };
-            w.write_all(&frame).await?;
-            // Coalesce whatever else is queued into the same flush.
-            while let Ok(frame) = rx.try_recv() {
-                w.write_all(&frame).await?;
+            queue.push(frame);
+            while !queue.is_empty() {
+                while queue.len() < WRITE_GATHER_BYTES_MAX {
+                    match rx.try_recv() {
+                        Ok(frame) => queue.push(frame),
+                        Err(_) => break,
+                    }
+                }
+                let mut slices = [IoSlice::new(&[]); WRITE_SLICES_MAX];
+                let n = queue.io_slices(&mut slices);
+                let written = tokio::select! {
+                    r = w.write_vectored(&slices[..n]) => r?,
+                    () = shared.closed.cancelled() => return Ok(()),
+                };
+                if written == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                queue.advance(written);
             }
-            w.flush().await?;
         }
     }
     .await;

@@ -5,8 +5,11 @@
 //! an idle consumer costs one request per wait, not a busy loop. Returned batches are
 //! read record by record; records below the position (the batch started before it) are
 //! skipped. Fetched batches are kept as the raw bytes the server sent and decoded only
-//! as records are handed out, `max_poll_records` at a time; no new fetch is sent until
-//! they are all handed out, so memory stays within one fetch (`fetch_bytes_max`).
+//! as records are handed out, `max_poll_records` at a time. While they are handed out
+//! the next fetch is already on its way (prefetch): the server reads, and the network
+//! carries, the next data while the application processes this one, so memory stays
+//! within two fetches (`fetch_bytes_max` each). Changing the assignment or seeking drops
+//! the prefetch.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -16,11 +19,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use weir_proto::{Request, Response, v1};
-use weir_record::{BatchIter, LOG_OVERHEAD_BYTES, records};
+use weir_record::{BatchIter, LOG_OVERHEAD_BYTES, records, records_without_crc};
 
 use crate::client::Client;
 use crate::config::{AutoOffsetReset, ConsumerConfig};
-use crate::conn::unexpected;
+use crate::conn::{Exchange, unexpected};
 use crate::error::{ClientError, Result, check};
 use crate::record::ConsumerRecord;
 
@@ -46,6 +49,17 @@ const RUN_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const POLL_TIMEOUT_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Long-poll wait of a push consumer; it returns as soon as data arrives.
 const RUN_POLL_WAIT: Duration = Duration::from_secs(5);
+/// Long-poll wait of a prefetch (it returns as soon as data arrives; an empty answer
+/// just means the next poll fetches again).
+const PREFETCH_WAIT_MS: u32 = 500;
+
+/// A fetch sent ahead, for the positions after the buffered batches.
+#[derive(Debug)]
+struct Prefetch {
+    exchange: Exchange,
+    /// When to stop waiting for its answer.
+    deadline: Instant,
+}
 
 #[derive(Debug, Clone, Copy, Default)]
 struct PartState {
@@ -75,6 +89,8 @@ pub struct Consumer {
     parts: BTreeMap<(String, u32), PartState>,
     /// Batches fetched but not yet fully returned, in fetch order.
     buffer: VecDeque<Buffered>,
+    /// The next fetch, sent while the buffer is handed out.
+    prefetch: Option<Prefetch>,
 }
 
 impl Consumer {
@@ -85,6 +101,7 @@ impl Consumer {
             config,
             parts: BTreeMap::new(),
             buffer: VecDeque::new(),
+            prefetch: None,
         })
     }
 
@@ -97,6 +114,7 @@ impl Consumer {
                 "partition {p} does not exist: topic {topic:?} has {n} partitions"
             )));
         }
+        self.prefetch = None;
         for &p in partitions {
             self.parts.entry((topic.to_owned(), p)).or_default();
         }
@@ -113,12 +131,14 @@ impl Consumer {
 
     /// Removes `topic` from the assignment, with its buffered records.
     pub fn unassign(&mut self, topic: &str) {
+        self.prefetch = None;
         self.parts.retain(|(t, _), _| t != topic);
         self.buffer.retain(|b| b.topic != topic);
     }
 
     /// Removes one partition from the assignment, with its buffered records.
     pub fn unassign_partition(&mut self, topic: &str, partition: u32) {
+        self.prefetch = None;
         self.parts.remove(&(topic.to_owned(), partition));
         self.buffer
             .retain(|b| !(b.partition == partition && b.topic == topic));
@@ -178,6 +198,7 @@ impl Consumer {
             )));
         }
         let offset = self.offset_for(topic, partition, to).await?;
+        self.prefetch = None;
         self.buffer
             .retain(|b| !(b.topic == topic && b.partition == partition));
         if let Some(s) = self.parts.get_mut(&key) {
@@ -218,14 +239,31 @@ impl Consumer {
             .checked_add(timeout)
             .unwrap_or_else(|| Instant::now() + POLL_TIMEOUT_MAX);
         loop {
-            self.resolve_positions().await?;
-            let wait_max = self.client.server_info().await?.limits.fetch_wait_ms_max;
-            let left = deadline.saturating_duration_since(Instant::now());
-            let wait_ms = u32::try_from(left.as_millis())
-                .unwrap_or(u32::MAX)
-                .min(wait_max);
-            self.fetch_once(wait_ms).await?;
+            if let Some(mut pf) = self.prefetch.take() {
+                let until = deadline.min(pf.deadline);
+                match tokio::time::timeout_at(until.into(), pf.exchange.wait()).await {
+                    Ok(answer) => self.take_fetch(answer).await?,
+                    Err(_) if Instant::now() >= pf.deadline => {
+                        return Err(ClientError::Timeout(self.client.request_timeout()));
+                    }
+                    Err(_) => {
+                        // The poll's time is up before the prefetch's: keep waiting for
+                        // it in the next poll.
+                        self.prefetch = Some(pf);
+                        return Ok(Vec::new());
+                    }
+                }
+            } else {
+                self.resolve_positions().await?;
+                let wait_max = self.client.server_info().await?.limits.fetch_wait_ms_max;
+                let left = deadline.saturating_duration_since(Instant::now());
+                let wait_ms = u32::try_from(left.as_millis())
+                    .unwrap_or(u32::MAX)
+                    .min(wait_max);
+                self.fetch_once(wait_ms).await?;
+            }
             if !self.buffer.is_empty() {
+                self.start_prefetch().await;
                 let records = self.take_buffered()?;
                 if !records.is_empty() {
                     return Ok(records);
@@ -343,8 +381,29 @@ impl Consumer {
         Ok(())
     }
 
-    /// One fetch of every assigned partition; appends what it returns to the buffer.
-    async fn fetch_once(&mut self, wait_ms: u32) -> Result<()> {
+    /// Sends the fetch for the positions after the buffered batches, unless one is out
+    /// already. A failure to send is not an error: the next poll fetches as usual.
+    async fn start_prefetch(&mut self) {
+        if self.prefetch.is_some() || self.parts.values().any(|s| s.fetch_offset.is_none()) {
+            return;
+        }
+        let wait_max = match self.client.server_info().await {
+            Ok(info) => info.limits.fetch_wait_ms_max,
+            Err(_) => return,
+        };
+        let wait_ms = PREFETCH_WAIT_MS.min(wait_max);
+        let req = self.fetch_request(wait_ms);
+        let timeout = self.client.request_timeout() + Duration::from_millis(wait_ms.into());
+        let started = async { self.client.conn().await?.start(&req).await };
+        if let Ok(Ok(exchange)) = tokio::time::timeout(timeout, started).await {
+            self.prefetch = Some(Prefetch {
+                exchange,
+                deadline: Instant::now() + timeout,
+            });
+        }
+    }
+
+    fn fetch_request(&self, wait_ms: u32) -> Request {
         let partitions: Vec<v1::FetchPartition> = self
             .parts
             .iter()
@@ -357,14 +416,25 @@ impl Consumer {
                 })
             })
             .collect();
-        let req = Request::Fetch(v1::FetchRequest {
+        Request::Fetch(v1::FetchRequest {
             max_wait_ms: wait_ms,
             min_bytes: self.config.fetch_min_bytes,
             max_bytes: self.config.fetch_bytes_max,
             partitions,
-        });
+        })
+    }
+
+    /// One fetch of every assigned partition; appends what it returns to the buffer.
+    async fn fetch_once(&mut self, wait_ms: u32) -> Result<()> {
+        let req = self.fetch_request(wait_ms);
         let timeout = self.client.request_timeout() + Duration::from_millis(wait_ms.into());
-        let resp = match self.client.request(&req, timeout).await? {
+        let answer = self.client.request(&req, timeout).await;
+        self.take_fetch(answer).await
+    }
+
+    /// Appends what a fetch returned to the buffer and moves the fetch positions.
+    async fn take_fetch(&mut self, answer: Result<Response>) -> Result<()> {
+        let resp = match answer? {
             Response::Fetch(r) => r,
             other => return Err(unexpected("Fetch", &other)),
         };
@@ -477,7 +547,8 @@ fn decode_batch(
         ))
     };
     let mut taken = 0;
-    for r in records(&b.batch).map_err(bad)? {
+    // The CRC was checked when the batch was fetched (split_batches).
+    for r in records_without_crc(&b.batch).map_err(bad)? {
         let r = r.map_err(bad)?;
         if r.offset < from {
             continue;

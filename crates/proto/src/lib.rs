@@ -29,6 +29,12 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 
+mod parts;
+
+pub use parts::{
+    FrameParts, SHARED_PART_BYTES_MIN, WriteQueue, encode_request_parts, encode_response_parts,
+};
+
 /// Generated protobuf types of protocol version 1.
 #[allow(missing_docs, clippy::all)]
 pub mod v1 {

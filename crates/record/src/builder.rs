@@ -1,6 +1,6 @@
 //! Building uncompressed batches on the client side.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::header::{ATTRIBUTES_OFFSET, BATCH_HEADER_BYTES, LOG_OVERHEAD_BYTES, MAGIC_V2};
 use crate::varint::{put_varint, put_varlong, varlong_len};
@@ -23,24 +23,32 @@ pub struct Record<'a> {
 /// The batch gets base offset 0 and producer id -1; the broker assigns offsets.
 #[derive(Debug)]
 pub struct BatchBuilder {
-    buf: BytesMut,
+    /// The batch so far. A `Vec` rather than a `BytesMut`: a record is a dozen small
+    /// writes, which a `Vec` does inline; [`finish`](Self::finish) hands the same
+    /// allocation over as `BytesMut`.
+    buf: Vec<u8>,
     base_timestamp: i64,
     max_timestamp: i64,
     count: i32,
-    scratch: Vec<u8>,
 }
 
 impl BatchBuilder {
     /// Starts an empty batch whose timestamps are deltas from `base_timestamp_ms`.
     pub fn new(base_timestamp_ms: i64) -> Self {
-        let mut buf = BytesMut::with_capacity(1024);
-        buf.put_bytes(0, BATCH_HEADER_BYTES);
+        Self::with_capacity(base_timestamp_ms, 1024)
+    }
+
+    /// Like [`new`](Self::new), with room for `capacity_bytes` of batch before the buffer
+    /// grows: a producer that knows its batches fill up to a limit avoids regrowing (and
+    /// copying) the buffer on the way there.
+    pub fn with_capacity(base_timestamp_ms: i64, capacity_bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity_bytes.max(BATCH_HEADER_BYTES));
+        buf.resize(BATCH_HEADER_BYTES, 0);
         Self {
             buf,
             base_timestamp: base_timestamp_ms,
             max_timestamp: base_timestamp_ms,
             count: 0,
-            scratch: Vec::new(),
         }
     }
 
@@ -79,35 +87,38 @@ impl BatchBuilder {
         n
     }
 
-    /// Appends a record.
+    /// Appends a record. Its bytes are written once, straight into the batch: the
+    /// length prefix is computed first.
     ///
     /// # Panics
     /// If the batch already holds `i32::MAX` records.
     pub fn push(&mut self, r: Record<'_>) {
         assert!(self.count < i32::MAX, "record count overflow");
-        let s = &mut self.scratch;
-        s.clear();
-        s.put_u8(0); // record attributes: unused in v2
-        put_varlong(s, r.timestamp_ms.wrapping_sub(self.base_timestamp));
-        put_varint(s, self.count);
+        let body = self.body_len(&r);
+        let b = &mut self.buf;
+        b.reserve(varlong_len(body as i64) + body);
+        put_varlong(b, body as i64);
+        let body_start = b.len();
+        b.push(0); // record attributes: unused in v2
+        put_varlong(b, r.timestamp_ms.wrapping_sub(self.base_timestamp));
+        put_varint(b, self.count);
         for part in [r.key, r.value] {
             match part {
-                Some(b) => {
-                    put_varlong(s, b.len() as i64);
-                    s.put_slice(b);
+                Some(v) => {
+                    put_varlong(b, v.len() as i64);
+                    b.extend_from_slice(v);
                 }
-                None => put_varint(s, -1),
+                None => put_varint(b, -1),
             }
         }
-        put_varlong(s, r.headers.len() as i64);
+        put_varlong(b, r.headers.len() as i64);
         for (k, v) in r.headers {
-            put_varlong(s, k.len() as i64);
-            s.put_slice(k.as_bytes());
-            put_varlong(s, v.len() as i64);
-            s.put_slice(v);
+            put_varlong(b, k.len() as i64);
+            b.extend_from_slice(k.as_bytes());
+            put_varlong(b, v.len() as i64);
+            b.extend_from_slice(v);
         }
-        put_varlong(&mut self.buf, self.scratch.len() as i64);
-        self.buf.put_slice(&self.scratch);
+        assert_eq!(b.len() - body_start, body, "record length prefix");
         self.max_timestamp = self.max_timestamp.max(r.timestamp_ms);
         self.count += 1;
     }
@@ -132,6 +143,9 @@ impl BatchBuilder {
         h.put_i32(self.count);
         let crc = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
         buf[ATTRIBUTES_OFFSET - 4..ATTRIBUTES_OFFSET].copy_from_slice(&crc.to_be_bytes());
-        buf
+        // The Vec's allocation becomes the BytesMut's: no copy (a fresh `Bytes` is unique).
+        Bytes::from(buf)
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]))
     }
 }

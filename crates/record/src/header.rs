@@ -139,9 +139,11 @@ impl BatchHeader {
         LOG_OVERHEAD_BYTES + self.batch_length as usize
     }
 
-    /// Offset of the last record.
+    /// Offset of the last record. Saturates at `i64::MAX` (or `MIN`) for a corrupt or
+    /// hostile header whose base offset plus delta would overflow.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
     }
 
     /// Compression codec of the records.
@@ -291,6 +293,36 @@ mod tests {
         assert_eq!(h.partition_leader_epoch, 7);
         assert_eq!(h.last_offset(), 44);
         assert_eq!(h.max_timestamp, 1002);
+    }
+
+    /// Found by the `record_batch` fuzz target (fuzz/): a header with a base offset near
+    /// `i64::MAX` made `last_offset` overflow (a panic in debug builds, a wrapped, negative
+    /// offset in release builds). `FOUND` is the fuzzer's input; the target's first byte
+    /// (odd) asks it to fix up the length, magic and CRC of the rest, as done here.
+    #[test]
+    fn last_offset_near_i64_max_saturates_instead_of_overflowing() {
+        const FOUND: [u8; 62] = [
+            0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbf, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0x06, 0x00, 0xff, 0x00, 0x00, 0xff, 0x00, 0x00, 0x00, 0x00, 0xf9, 0x00, 0xff,
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xbf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x06, 0x00, 0xff, 0x00, 0x00, 0xff,
+            0x00, 0x00, 0x00, 0x00, 0xf9, 0x00,
+        ];
+        let mut b = FOUND[1..].to_vec();
+        let len = (b.len() - 12) as i32;
+        b[8..12].copy_from_slice(&len.to_be_bytes());
+        b[16] = 2;
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        let h = BatchHeader::parse(&b).expect("a header");
+        assert_eq!(h.last_offset(), i64::MAX);
+
+        let mut b = batch(3);
+        set_base_offset(&mut b, i64::MAX - 1);
+        assert_eq!(
+            BatchHeader::parse(&b).expect("header").last_offset(),
+            i64::MAX
+        );
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub use header::{
     BATCH_HEADER_BYTES, BatchHeader, BatchIter, Compression, LOG_OVERHEAD_BYTES, MAGIC_V2,
     set_base_offset, set_partition_leader_epoch, validate_batch,
 };
-pub use read::{OwnedRecord, RecordIter, RecordView, records};
+pub use read::{OwnedRecord, RecordIter, RecordView, records, records_without_crc};
 
 /// Why a batch or a record could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -139,6 +139,17 @@ pub struct Config {
     /// Host clients are told to connect to; defaults to the listener's address, or
     /// `localhost` when it listens on all interfaces.
     pub advertised_host: Option<String>,
+    /// Address of the Kafka protocol listener; an empty string disables it.
+    pub kafka_addr: String,
+    /// Host Kafka clients are told to connect to (metadata, FindCoordinator); defaults to
+    /// `advertised_host`, then to the Kafka listener's address, or `localhost` when it
+    /// listens on all interfaces.
+    pub kafka_advertised_host: Option<String>,
+    /// Port Kafka clients are told to connect to; defaults to the Kafka listener's port.
+    pub kafka_advertised_port: Option<u16>,
+    /// Whether a Kafka metadata request naming an unknown topic creates it with
+    /// `topic_defaults.partitions` partitions (Kafka's `auto.create.topics.enable`).
+    pub kafka_auto_create_topics: bool,
     /// Log filter (`info`, `debug`, `weir_storage=debug,info` …); `RUST_LOG` wins if set.
     pub log_level: String,
     /// Longest graceful shutdown waits for in-flight requests.
@@ -156,6 +167,10 @@ impl Default for Config {
             data_dir: PathBuf::from("./weir-data"),
             native_addr: "0.0.0.0:6086".into(),
             advertised_host: None,
+            kafka_addr: "0.0.0.0:9092".into(),
+            kafka_advertised_host: None,
+            kafka_advertised_port: None,
+            kafka_auto_create_topics: true,
             log_level: "info".into(),
             shutdown_timeout_ms: 30_000,
             limits: Limits::default(),
@@ -169,6 +184,7 @@ const ENV_KEYS: &[&str] = &[
     "data_dir",
     "native_addr",
     "advertised_host",
+    "kafka_",
     "log_level",
     "shutdown_timeout_ms",
     "limits__",
@@ -280,6 +296,15 @@ impl Config {
                 self.native_addr
             ));
         }
+        if !self.kafka_addr.is_empty()
+            && self.kafka_addr.parse::<std::net::SocketAddr>().is_err()
+            && !self.kafka_addr.contains(':')
+        {
+            return bad(format!(
+                "kafka_addr = {:?} is not HOST:PORT (or empty, to disable the Kafka listener)",
+                self.kafka_addr
+            ));
+        }
         self.log_config()?;
         Ok(())
     }
@@ -366,6 +391,29 @@ mod tests {
             assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
             assert_eq!(c.limits.connections_max, 9);
             assert_eq!(c.log_config().expect("valid").fsync, FsyncPolicy::Never);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn kafka_listener_settings_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(
+                Config::load(None).expect("loads").kafka_addr,
+                "0.0.0.0:9092"
+            );
+            jail.set_env("WEIR_KAFKA_ADDR", "127.0.0.1:0");
+            jail.set_env("WEIR_KAFKA_ADVERTISED_PORT", "19092");
+            jail.set_env("WEIR_KAFKA_AUTO_CREATE_TOPICS", "false");
+            let c = Config::load(None).expect("loads");
+            assert_eq!(c.kafka_addr, "127.0.0.1:0");
+            assert_eq!(c.kafka_advertised_port, Some(19092));
+            assert!(!c.kafka_auto_create_topics);
+            jail.set_env("WEIR_KAFKA_ADDR", "");
+            assert_eq!(Config::load(None).expect("loads").kafka_addr, "");
+            jail.set_env("WEIR_KAFKA_ADDR", "nonsense");
+            assert!(Config::load(None).is_err());
             Ok(())
         });
     }

@@ -26,6 +26,8 @@ pub(crate) fn error_code(e: &BrokerError) -> ErrorCode {
         BrokerError::CorruptBatch(_) => ErrorCode::CorruptBatch,
         BrokerError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
         BrokerError::PartitionFailed { .. } => ErrorCode::PartitionFailed,
+        BrokerError::DiskFull { .. } => ErrorCode::DiskFull,
+        BrokerError::CorruptData { .. } => ErrorCode::CorruptData,
         BrokerError::Timeout(_) => ErrorCode::RequestTimedOut,
         BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
         BrokerError::Storage(_) | BrokerError::Metadata(_) => ErrorCode::StorageError,

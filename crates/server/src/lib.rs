@@ -4,7 +4,9 @@
 //! the [`Broker`] (metadata replay and log recovery) and binds the native listener;
 //! [`Server::run`] accepts connections (`native::accept_loop`, capped by a semaphore), each
 //! served by `native::serve` (frames checked and bounded before their bodies are read),
-//! whose requests `handler::handle` turns into broker calls. When the shutdown future
+//! whose requests `handler::handle` turns into broker calls. The Kafka listener
+//! (`weir_kafka`, bound unless `kafka_addr` is empty) runs beside it over the same broker.
+//! When the shutdown future
 //! completes, the server stops accepting and reading, lets in-flight requests finish
 //! (bounded by `shutdown_timeout_ms`), then syncs and closes every log.
 #![deny(missing_docs)]
@@ -52,11 +54,14 @@ pub struct Server {
     broker: Broker,
     native: TcpListener,
     native_addr: SocketAddr,
+    /// The Kafka protocol listener, unless disabled.
+    kafka: Option<weir_kafka::KafkaListener>,
 }
 
 impl Server {
     /// Validates `config`, opens the data directory and binds the listeners. Prints
-    /// `weir listening native=ADDR` on stdout once clients can connect.
+    /// `weir listening native=ADDR` on stdout once clients can connect, then
+    /// `weir listening kafka=ADDR` on its own line when the Kafka listener is enabled.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
         let broker = Broker::open(config.broker_config()?).await?;
@@ -70,19 +75,40 @@ impl Server {
             addr: config.native_addr.clone(),
             source,
         })?;
-        tracing::info!(%native_addr, data_dir = %config.data_dir.display(), "weir server ready");
+        let kafka = if config.kafka_addr.is_empty() {
+            None
+        } else {
+            Some(
+                weir_kafka::KafkaListener::bind(&config.kafka_addr)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        addr: config.kafka_addr.clone(),
+                        source,
+                    })?,
+            )
+        };
+        tracing::info!(%native_addr, kafka_addr = ?kafka.as_ref().map(|k| k.local_addr()), data_dir = %config.data_dir.display(), "weir server ready");
         println!("weir listening native={native_addr}");
+        if let Some(k) = &kafka {
+            println!("weir listening kafka={}", k.local_addr());
+        }
         Ok(Server {
             config,
             broker,
             native,
             native_addr,
+            kafka,
         })
     }
 
     /// Address of the native listener (useful when bound to port 0).
     pub fn native_addr(&self) -> SocketAddr {
         self.native_addr
+    }
+
+    /// Address of the Kafka listener, if enabled (useful when bound to port 0).
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka.as_ref().map(|k| k.local_addr())
     }
 
     /// The broker, for embedding and tests.
@@ -92,6 +118,10 @@ impl Server {
 
     /// Serves until `shutdown` completes, then shuts down gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let kafka_config = self
+            .kafka
+            .as_ref()
+            .map(|listener| self.kafka_config(listener.local_addr()));
         let advertised_host = self.config.advertised_host.clone().unwrap_or_else(|| {
             if self.native_addr.ip().is_unspecified() {
                 "localhost".to_owned()
@@ -114,11 +144,22 @@ impl Server {
             shared,
             connections.clone(),
         ));
+        let kafka = self.kafka.zip(kafka_config).map(|(listener, config)| {
+            tokio::spawn(listener.run(
+                self.broker.clone(),
+                config,
+                stop.clone(),
+                connections.clone(),
+            ))
+        });
         shutdown.await;
         tracing::info!("shutting down: no new connections or requests");
         stop.cancel();
         self.broker.begin_shutdown();
         let _ = accept.await;
+        if let Some(kafka) = kafka {
+            let _ = kafka.await;
+        }
         connections.close();
         let grace = Duration::from_millis(self.config.shutdown_timeout_ms);
         if tokio::time::timeout(grace, connections.wait())
@@ -132,6 +173,31 @@ impl Server {
         }
         self.broker.shutdown().await;
         Ok(())
+    }
+}
+
+impl Server {
+    fn kafka_config(&self, bound: SocketAddr) -> weir_kafka::KafkaConfig {
+        let c = &self.config;
+        let host = c
+            .kafka_advertised_host
+            .clone()
+            .or_else(|| c.advertised_host.clone())
+            .unwrap_or_else(|| {
+                if bound.ip().is_unspecified() {
+                    "localhost".to_owned()
+                } else {
+                    bound.ip().to_string()
+                }
+            });
+        let mut k = weir_kafka::KafkaConfig::new(host);
+        k.node_id = c.node_id;
+        k.advertised_port = c.kafka_advertised_port.unwrap_or(bound.port());
+        k.frame_bytes_max = c.limits.frame_bytes_max;
+        k.connections_max = c.limits.connections_max;
+        k.inflight_requests_max = c.limits.inflight_requests_max;
+        k.auto_create_topics = c.kafka_auto_create_topics;
+        k
     }
 }
 

@@ -9,23 +9,27 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::io::IoSlice;
+
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weir_broker::Broker;
 use weir_proto::v1::{self, ErrorCode};
-use weir_proto::{BodyError, FrameError, Request, Response, decode_frame};
+use weir_proto::{BodyError, FrameError, FrameParts, Request, Response, WriteQueue, decode_frame};
 
 use crate::config::Limits;
 use crate::handler;
 
 /// Bytes read from a socket at a time when no frame announces more.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// Bytes the writer gathers before it flushes the socket.
-const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// Bytes the writer gathers from ready responses before it writes them.
+const WRITE_GATHER_BYTES_MAX: usize = 256 * 1024;
+/// Buffers one vectored write hands to the kernel at most (Linux allows 1024).
+const WRITE_SLICES_MAX: usize = 64;
 
 /// What every connection shares.
 #[derive(Debug)]
@@ -101,7 +105,7 @@ fn error_frame(correlation_id: u32, code: ErrorCode, message: impl Into<String>)
 async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let (mut rd, wr) = socket.into_split();
     let inflight_max = shared.limits.inflight_requests_max as usize;
-    let (out_tx, out_rx) = mpsc::channel::<BytesMut>(inflight_max);
+    let (out_tx, out_rx) = mpsc::channel::<FrameParts>(inflight_max);
     let writer = tokio::spawn(write_loop(wr, out_rx));
     let inflight = Arc::new(Semaphore::new(inflight_max));
     let requests = TaskTracker::new();
@@ -129,7 +133,7 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             let Ok(permit) = inflight.clone().try_acquire_owned() else {
                 let msg = format!("more than {inflight_max} requests in flight");
                 if out_tx
-                    .send(error_frame(id, ErrorCode::TooManyInflightRequests, msg))
+                    .send(error_frame(id, ErrorCode::TooManyInflightRequests, msg).into())
                     .await
                     .is_err()
                 {
@@ -147,7 +151,7 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                     };
                     tracing::debug!(%peer, error = %e, "undecodable request");
                     if out_tx
-                        .send(error_frame(id, code, e.to_string()))
+                        .send(error_frame(id, code, e.to_string()).into())
                         .await
                         .is_err()
                     {
@@ -197,13 +201,13 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = writer.await;
 }
 
-/// Encodes and queues a response, if there is one.
-async fn respond(id: u32, response: Option<Response>, out: &mpsc::Sender<BytesMut>) {
+/// Encodes and queues a response, if there is one. Record batches of a fetch are not
+/// copied: they reach the socket from the buffer the log read them into.
+async fn respond(id: u32, response: Option<Response>, out: &mpsc::Sender<FrameParts>) {
     if let Some(response) = response {
-        let mut buf = BytesMut::new();
-        weir_proto::encode_response(&mut buf, id, &response);
+        let frame = weir_proto::encode_response_parts(id, &response);
         // The writer is gone only when the connection is: nobody left to tell.
-        let _ = out.send(buf).await;
+        let _ = out.send(frame).await;
     }
 }
 
@@ -212,7 +216,7 @@ type PendingProduce = (u32, v1::ProduceRequest, OwnedSemaphorePermit);
 async fn append_loop(
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<PendingProduce>,
-    out: mpsc::Sender<BytesMut>,
+    out: mpsc::Sender<FrameParts>,
     requests: TaskTracker,
 ) {
     while let Some((id, request, permit)) = rx.recv().await {
@@ -238,7 +242,12 @@ async fn append_loop(
 }
 
 /// Answers a frame that cannot be read, when there is someone to answer.
-async fn reject_frame(buf: &[u8], e: &FrameError, out: &mpsc::Sender<BytesMut>, peer: SocketAddr) {
+async fn reject_frame(
+    buf: &[u8],
+    e: &FrameError,
+    out: &mpsc::Sender<FrameParts>,
+    peer: SocketAddr,
+) {
     tracing::debug!(%peer, error = %e, "closing connection after a bad frame");
     if let FrameError::TooLarge { .. } = e {
         // The header was ours (magic matched), so the peer can match the answer.
@@ -246,26 +255,32 @@ async fn reject_frame(buf: &[u8], e: &FrameError, out: &mpsc::Sender<BytesMut>, 
             .get(4..8)
             .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
         let _ = out
-            .send(error_frame(id, ErrorCode::FrameTooLarge, e.to_string()))
+            .send(error_frame(id, ErrorCode::FrameTooLarge, e.to_string()).into())
             .await;
     }
 }
 
-async fn write_loop(wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<BytesMut>) {
-    let mut w = BufWriter::with_capacity(WRITE_BUFFER_BYTES, wr);
+/// Writes responses as they become ready: whatever is queued when the socket can take
+/// more leaves in one vectored write, without being copied into a buffer first.
+async fn write_loop(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<FrameParts>) {
+    let mut queue = WriteQueue::new();
     while let Some(frame) = rx.recv().await {
-        if w.write_all(&frame).await.is_err() {
-            return;
-        }
-        // Gather whatever else is ready into the same flush.
-        while let Ok(frame) = rx.try_recv() {
-            if w.write_all(&frame).await.is_err() {
-                return;
+        queue.push(frame);
+        while !queue.is_empty() {
+            // Gather whatever else is ready into the same write.
+            while queue.len() < WRITE_GATHER_BYTES_MAX {
+                match rx.try_recv() {
+                    Ok(frame) => queue.push(frame),
+                    Err(_) => break,
+                }
+            }
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES_MAX];
+            let n = queue.io_slices(&mut slices);
+            match wr.write_vectored(&slices[..n]).await {
+                Ok(0) | Err(_) => return,
+                Ok(written) => queue.advance(written),
             }
         }
-        if w.flush().await.is_err() {
-            return;
-        }
     }
-    let _ = w.shutdown().await;
+    let _ = wr.shutdown().await;
 }

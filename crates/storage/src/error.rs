@@ -8,9 +8,17 @@ use weir_record::RecordError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
-    /// The disk failed. After a failed fsync the log is also poisoned.
+    /// The disk failed for this operation; nothing it was asked to do happened (a failed
+    /// append was cut back), and the log stays usable. `ENOSPC` arrives here: appends
+    /// work again once space is freed.
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
+    /// An I/O failure that poisoned the log: an fsync failed (so the kernel may have
+    /// dropped data it could not write), or a failed write could not be cut back, or a
+    /// truncation failed half way. This caller gets the cause; later writes get
+    /// [`StorageError::Poisoned`].
+    #[error("i/o error, log poisoned: {0}")]
+    Fatal(io::Error),
     /// An appended batch is malformed (header, length or CRC).
     #[error("invalid record batch: {0}")]
     Record(#[from] RecordError),

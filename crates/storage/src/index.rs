@@ -4,6 +4,11 @@
 //! Time index entry (12 bytes): max timestamp so far `i64` BE, relative offset `u32` BE.
 //! The first batch of a segment is always indexed, then one entry each time at least
 //! `index_interval_bytes` were written since the last entry.
+//!
+//! On disk each file is its entries followed by a 4-byte trailer: the CRC-32C of the
+//! entries, big-endian. A flipped bit anywhere in an index file is therefore found when
+//! the log opens, and the index is rebuilt from the segment instead of sending reads to
+//! the wrong place.
 
 use weir_record::BATCH_HEADER_BYTES;
 
@@ -13,6 +18,26 @@ pub(crate) const OFFSET_ENTRY_BYTES: usize = 8;
 pub(crate) const TIME_ENTRY_BYTES: usize = 12;
 /// Max timestamp of a segment that holds no batch.
 pub(crate) const NO_TIMESTAMP: i64 = i64::MIN;
+/// Bytes of the CRC-32C trailer after the entries of an index file.
+pub(crate) const INDEX_TRAILER_BYTES: usize = 4;
+
+/// `entries` followed by their CRC-32C (big-endian): an index file's bytes.
+fn with_trailer(mut entries: Vec<u8>) -> Vec<u8> {
+    let crc = crc32c::crc32c(&entries);
+    entries.extend_from_slice(&crc.to_be_bytes());
+    entries
+}
+
+/// The entries of an index file whose trailer checks out.
+fn strip_trailer(file: &[u8]) -> Result<&[u8], &'static str> {
+    let Some((entries, crc)) = file.split_last_chunk::<INDEX_TRAILER_BYTES>() else {
+        return Err("index file is shorter than its checksum");
+    };
+    if crc32c::crc32c(entries) != u32::from_be_bytes(*crc) {
+        return Err("index file checksum mismatch");
+    }
+    Ok(entries)
+}
 
 /// One offset index entry: the batch whose base offset is `base + rel` starts at `pos`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,12 +144,14 @@ impl SegmentIndex {
             .map_or(OffsetEntry { rel: 0, pos: 0 }, |i| self.offsets[i])
     }
 
-    /// A byte position from which walking forward reaches the first batch whose max
+    /// An offset index entry from which walking forward reaches the first batch whose max
     /// timestamp is `>= ts`: every batch before it has a smaller max timestamp.
-    pub(crate) fn time_floor_pos(&self, ts: i64) -> u32 {
+    pub(crate) fn time_floor(&self, ts: i64) -> OffsetEntry {
         let n = self.times.partition_point(|t| t.ts < ts);
         n.checked_sub(1)
-            .map_or(0, |i| self.floor(self.times[i].rel).pos)
+            .map_or(OffsetEntry { rel: 0, pos: 0 }, |i| {
+                self.floor(self.times[i].rel)
+            })
     }
 
     /// Drops everything from byte `pos` (relative offset `end_rel`) on. `tail_max_timestamp`
@@ -148,24 +175,36 @@ impl SegmentIndex {
         self.bytes_since_entry = self.offsets.last().map_or(0, |e| u64::from(pos - e.pos));
     }
 
-    /// The offset index file's bytes.
+    /// The offset index file's bytes: entries, then their CRC-32C.
     pub(crate) fn encode_offsets(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.offsets.len() * OFFSET_ENTRY_BYTES);
+        let mut out =
+            Vec::with_capacity(self.offsets.len() * OFFSET_ENTRY_BYTES + INDEX_TRAILER_BYTES);
         for e in &self.offsets {
             out.extend_from_slice(&e.rel.to_be_bytes());
             out.extend_from_slice(&e.pos.to_be_bytes());
         }
-        out
+        with_trailer(out)
     }
 
-    /// The time index file's bytes.
+    /// The time index file's bytes: entries, then their CRC-32C.
     pub(crate) fn encode_times(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.times.len() * TIME_ENTRY_BYTES);
+        let mut out = Vec::with_capacity(self.times.len() * TIME_ENTRY_BYTES + INDEX_TRAILER_BYTES);
         for t in &self.times {
             out.extend_from_slice(&t.ts.to_be_bytes());
             out.extend_from_slice(&t.rel.to_be_bytes());
         }
-        out
+        with_trailer(out)
+    }
+
+    /// Continues a decoded index as the active segment's, after a clean shutdown: the
+    /// segment holds `size_bytes` bytes and its last batch is based at relative offset
+    /// `last_rel`. Appends then add entries exactly as if the process had never stopped.
+    pub(crate) fn resume(&mut self, size_bytes: u64, last_rel: u32) {
+        self.last_rel = Some(last_rel);
+        self.bytes_since_entry = self
+            .offsets
+            .last()
+            .map_or(0, |e| size_bytes.saturating_sub(u64::from(e.pos)));
     }
 
     /// The last offset index entry, if any.
@@ -173,10 +212,10 @@ impl SegmentIndex {
         self.offsets.last().copied()
     }
 
-    /// Decodes and checks a sealed segment's index files: whole entries, first entry at
-    /// the segment start, strictly monotonic, positions inside the segment, relative
-    /// offsets at most `rel_max`. The caller still checks that the last entry points at a
-    /// batch header.
+    /// Decodes and checks a sealed segment's index files: checksum trailer, whole
+    /// entries, first entry at the segment start, strictly monotonic, positions inside the
+    /// segment, relative offsets at most `rel_max`. The caller still checks that the last
+    /// entry points at a batch header.
     pub(crate) fn decode(
         interval: u32,
         offsets: &[u8],
@@ -184,6 +223,8 @@ impl SegmentIndex {
         segment_bytes: u64,
         rel_max: u32,
     ) -> Result<Self, &'static str> {
+        let offsets = strip_trailer(offsets)?;
+        let times = strip_trailer(times)?;
         let whole = |b: &[u8], n: usize| b.chunks_exact(n).remainder().is_empty();
         if !whole(offsets, OFFSET_ENTRY_BYTES) || !whole(times, TIME_ENTRY_BYTES) {
             return Err("index size is not a whole number of entries");
@@ -251,9 +292,9 @@ mod tests {
         assert_eq!(ix.floor(100).rel, 16);
         assert_eq!(ix.max_timestamp(), 1009);
         // ts 1005 first appears in the batch at rel 10; the floor must be at or before it.
-        let pos = ix.time_floor_pos(1005);
+        let pos = ix.time_floor(1005).pos;
         assert!(pos <= 5 * 60, "{pos}");
-        assert_eq!(ix.time_floor_pos(0), 0);
+        assert_eq!(ix.time_floor(0), OffsetEntry { rel: 0, pos: 0 });
     }
 
     #[test]

@@ -13,7 +13,8 @@ use weir_record::{
 
 use crate::config::{FsyncPolicy, LogConfig, READ_BYTES_LIMIT, READ_CHUNK_BYTES_MIN};
 use crate::disk::{Disk, DiskFile, OpenMode};
-use crate::index::SegmentIndex;
+use crate::index::{OffsetEntry, SegmentIndex};
+use crate::marker::{CleanShutdown, write_clean_shutdown};
 use crate::recovery::{RecoveryReport, recover};
 use crate::segment::{
     LOG_SUFFIX, Segment, SegmentReader, last_offset, relative, remove_if_exists,
@@ -73,6 +74,11 @@ struct State {
     poisoned: bool,
     /// `close` or `delete` ran.
     closed: bool,
+    /// A roll sealed the active segment (its data synced, its index files written) but
+    /// failed before the next segment was durably created; this is the base offset that
+    /// segment was to have. The sealed segment takes no more appends — its index files
+    /// already describe it as finished — and the next append retries the roll first.
+    roll_pending: Option<i64>,
     /// Clock time of the last completed sync, for [`FsyncPolicy::IntervalMs`].
     last_sync_ms: i64,
 }
@@ -127,8 +133,34 @@ struct SegmentRef {
     base_offset: i64,
     file: Arc<dyn DiskFile>,
     size_bytes: u64,
-    /// Where to start walking.
+    /// Where to start walking: a batch boundary from the index.
     pos: u64,
+    /// The base offset the batch at `pos` must have. Every batch walked over is checked
+    /// against it (then against the previous batch's last offset + 1), so a damaged
+    /// `baseOffset` — which the batch CRC does not cover — reads as corruption, never as
+    /// data at the wrong offset.
+    expect: i64,
+}
+
+impl SegmentRef {
+    fn new(s: &Segment, entry: OffsetEntry) -> Self {
+        Self {
+            base_offset: s.base_offset,
+            file: Arc::clone(&s.file),
+            size_bytes: s.size_bytes,
+            pos: entry.pos.into(),
+            expect: s.base_offset + i64::from(entry.rel),
+        }
+    }
+}
+
+/// The error for a batch whose base offset is not the one its position implies.
+fn misplaced(segment: i64, position: u64, found: i64, expected: i64) -> StorageError {
+    StorageError::Corrupt {
+        segment,
+        position,
+        reason: format!("batch base offset {found} where {expected} was expected"),
+    }
 }
 
 /// The log of one partition: a directory of segments. See the crate docs for the layout.
@@ -184,6 +216,7 @@ impl Log {
                 truncations: 0,
                 poisoned: false,
                 closed: false,
+                roll_pending: None,
                 last_sync_ms: now,
             }),
             synced: Condvar::new(),
@@ -255,7 +288,7 @@ impl Log {
             .checked_add(offsets - 1)
             .filter(|&l| l < i64::MAX)
             .ok_or(RecordError::Invalid("offsets overflow i64"))?;
-        if self.roll_due(st.active(), total, last, now) {
+        if st.roll_pending.is_some() || self.roll_due(st.active(), total, last, now) {
             self.roll(&mut st)?;
         }
         let mut next = base_offset;
@@ -279,6 +312,7 @@ impl Log {
                     "cutting a failed write",
                     &e2,
                 );
+                return Err(StorageError::Fatal(e));
             }
             return Err(e.into());
         }
@@ -326,23 +360,30 @@ impl Log {
     }
 
     /// Seals the active segment (fsync, final indexes) and starts a new one at the log end.
+    ///
+    /// A failed fsync poisons the log. Any other failure (a full disk while writing the
+    /// index files, a failed directory sync) leaves the roll pending: the sealed segment
+    /// takes no more appends, and the next append retries the whole roll, so a segment's
+    /// index files never describe less data than the segment holds.
     fn roll(&self, st: &mut State) -> Result<(), StorageError> {
         if let Err(e) = st.active().file.sync_data() {
             poison(st, &self.synced, &self.dir, "fsync at segment roll", &e);
-            return Err(e.into());
+            return Err(StorageError::Fatal(e));
         }
         st.durable_end = st.durable_end.max(st.log_end);
         self.synced.notify_all();
+        let base_offset = st.log_end;
+        st.roll_pending = Some(base_offset);
         let disk = self.disk.as_ref();
         let seg = st.active_mut();
         seg.index.seal();
         write_index_files(disk, &self.dir, seg.base_offset, &seg.index)?;
-        let base_offset = st.log_end;
         let path = segment_path(&self.dir, base_offset, LOG_SUFFIX);
         // Left over by an earlier roll whose directory sync failed; holds nothing.
         remove_if_exists(disk, &path)?;
         let file = disk.open(&path, OpenMode::CreateNew)?;
         disk.sync_dir(&self.dir)?;
+        st.roll_pending = None;
         st.segments.push(Segment {
             base_offset,
             file,
@@ -375,7 +416,7 @@ impl Log {
             }
             Err(e) => {
                 poison(st, &self.synced, &self.dir, "fdatasync", &e);
-                Err(e.into())
+                Err(StorageError::Fatal(e))
             }
         }
     }
@@ -384,8 +425,9 @@ impl Log {
     /// "everything appended so far"). Concurrent callers share fsyncs: one runs while the
     /// others wait and then find their offsets covered.
     ///
-    /// A failed fsync poisons the log: the caller that ran it gets the I/O error and every
-    /// later `append`/`sync` gets [`StorageError::Poisoned`].
+    /// A failed fsync poisons the log: the caller that ran it gets
+    /// [`StorageError::Fatal`] with the I/O error, and every later `append`/`sync` gets
+    /// [`StorageError::Poisoned`].
     pub fn sync_to(&self, offset: i64) -> Result<(), StorageError> {
         let mut st = self.state.lock();
         loop {
@@ -441,17 +483,13 @@ impl Log {
             let mut targets = Vec::with_capacity(2);
             // The next segment too, for an offset the first one turns out not to hold.
             for (j, s) in st.segments.iter().enumerate().skip(i).take(2) {
-                let pos = if j == i {
-                    relative(offset, s.base_offset).map_or(0, |r| s.index.floor(r).pos)
+                let start = OffsetEntry { rel: 0, pos: 0 };
+                let entry = if j == i {
+                    relative(offset, s.base_offset).map_or(start, |r| s.index.floor(r))
                 } else {
-                    0
+                    start
                 };
-                targets.push(SegmentRef {
-                    base_offset: s.base_offset,
-                    file: Arc::clone(&s.file),
-                    size_bytes: s.size_bytes,
-                    pos: pos.into(),
-                });
+                targets.push(SegmentRef::new(s, entry));
             }
             (targets, upper, st.truncations)
         };
@@ -492,16 +530,21 @@ impl Log {
             reason: reason.to_owned(),
         };
         let mut start = t.pos;
+        let mut expect = t.expect;
         loop {
             if start >= r.end() {
                 return Ok(None);
             }
             let h = r.header(start)?;
+            if h.base_offset != expect {
+                return Err(misplaced(t.base_offset, start, h.base_offset, expect));
+            }
             let last = last_offset(&h).ok_or_else(|| corrupt(start, "bad offsets in header"))?;
             if last >= offset {
                 break;
             }
             start += h.total_bytes() as u64;
+            expect = last + 1;
         }
         let mut end = start;
         while end < r.end() {
@@ -511,11 +554,16 @@ impl Log {
                 // Later batches are someone else's problem: the next read reports them.
                 Err(_) => break,
             };
+            // The first batch was checked above; a later one out of place ends the result.
+            let Some(last) = last_offset(&h).filter(|_| h.base_offset == expect) else {
+                break;
+            };
             let size = h.total_bytes() as u64;
             if h.base_offset >= upper || (end > start && end - start + size > max_bytes.into()) {
                 break;
             }
             end += size;
+            expect = last + 1;
         }
         let bytes = r.slice(start, end - start)?;
         let mut good = 0usize;
@@ -553,12 +601,7 @@ impl Log {
             st.segments
                 .iter()
                 .filter(|s| s.index.max_timestamp() >= ts_ms)
-                .map(|s| SegmentRef {
-                    base_offset: s.base_offset,
-                    file: Arc::clone(&s.file),
-                    size_bytes: s.size_bytes,
-                    pos: s.index.time_floor_pos(ts_ms).into(),
-                })
+                .map(|s| SegmentRef::new(s, s.index.time_floor(ts_ms)))
                 .collect()
         };
         for t in &targets {
@@ -569,8 +612,12 @@ impl Log {
                 READ_CHUNK_BYTES_MIN,
             );
             let mut pos = t.pos;
+            let mut expect = t.expect;
             while pos < r.end() {
                 let h = r.header(pos)?;
+                if h.base_offset != expect {
+                    return Err(misplaced(t.base_offset, pos, h.base_offset, expect));
+                }
                 if h.max_timestamp >= ts_ms {
                     if h.compression() != Compression::None {
                         return Ok(Some(h.base_offset));
@@ -590,6 +637,7 @@ impl Log {
                     // The header's maxTimestamp overstated its records; keep walking.
                 }
                 pos += h.total_bytes() as u64;
+                expect = last_offset(&h).map_or(i64::MAX, |l| l + 1);
             }
         }
         Ok(None)
@@ -619,6 +667,11 @@ impl Log {
         let (cut_pos, new_end, tail_max_ts, tail_last_rel) = find_cut(seg, offset)?;
         let disk = self.disk.as_ref();
         let result = (|| -> std::io::Result<()> {
+            // A half-done roll may have left the next segment's (empty) file behind; it
+            // would name offsets past the new end.
+            if let Some(base) = st.roll_pending {
+                remove_if_exists(disk, &segment_path(&self.dir, base, LOG_SUFFIX))?;
+            }
             while st.segments.len() > keep {
                 let gone = st.segments.pop().expect("len > keep >= 1");
                 remove_segment_files(disk, &self.dir, gone.base_offset)?;
@@ -631,8 +684,11 @@ impl Log {
             disk.sync_dir(&self.dir)
         })();
         if let Err(e) = result {
+            // Whatever lies past the cut may or may not be on disk any more: stop
+            // promising (and serving) it.
+            st.durable_end = st.durable_end.min(cut_from);
             poison(&mut st, &self.synced, &self.dir, "truncation", &e);
-            return Err(e.into());
+            return Err(StorageError::Fatal(e));
         }
         let now = self.clock.now_ms();
         let seg = st.active_mut();
@@ -648,6 +704,7 @@ impl Log {
         };
         st.log_end = new_end;
         st.durable_end = new_end;
+        st.roll_pending = None;
         st.truncations += 1;
         self.synced.notify_all();
         Ok(new_end)
@@ -700,8 +757,9 @@ impl Log {
         Ok(report)
     }
 
-    /// Syncs all data and writes the active segment's indexes; later appends and syncs
-    /// return [`StorageError::Closed`]. Reads keep working. Idempotent.
+    /// Syncs all data, writes the active segment's indexes and then the clean-shutdown
+    /// marker, which lets the next [`Log::open`] skip scanning the active segment. Later
+    /// appends and syncs return [`StorageError::Closed`]. Reads keep working. Idempotent.
     pub fn close(&self) -> Result<(), StorageError> {
         let mut st = self.state.lock();
         if st.closed {
@@ -715,18 +773,33 @@ impl Log {
         }
         if let Err(e) = st.active().file.sync_data() {
             poison(&mut st, &self.synced, &self.dir, "fsync at close", &e);
-            return Err(e.into());
+            return Err(StorageError::Fatal(e));
         }
         st.durable_end = st.log_end;
         st.closed = true;
+        self.synced.notify_all();
+        if let Some(base) = st.roll_pending {
+            // The empty next segment a half-done roll may have left would be taken for
+            // the active one at the next open.
+            remove_if_exists(
+                self.disk.as_ref(),
+                &segment_path(&self.dir, base, LOG_SUFFIX),
+            )?;
+        }
         let seg = st.active();
         if seg.size_bytes > 0 {
             let mut index = seg.index.clone();
             index.seal();
             write_index_files(self.disk.as_ref(), &self.dir, seg.base_offset, &index)?;
-            self.disk.sync_dir(&self.dir)?;
         }
-        self.synced.notify_all();
+        self.disk.sync_dir(&self.dir)?;
+        // Last, once data and indexes are durable: the marker vouches for both.
+        let marker = CleanShutdown {
+            active_base: seg.base_offset,
+            active_bytes: seg.size_bytes,
+            log_end: st.log_end,
+        };
+        write_clean_shutdown(self.disk.as_ref(), &self.dir, &marker)?;
         Ok(())
     }
 
@@ -808,6 +881,9 @@ fn find_cut(seg: &Segment, offset: i64) -> Result<(u64, i64, i64, Option<u32>), 
     let mut last_rel = None;
     while pos < seg.size_bytes {
         let h = r.header(pos)?;
+        if h.base_offset != end {
+            return Err(misplaced(seg.base_offset, pos, h.base_offset, end));
+        }
         if h.base_offset > offset {
             break;
         }

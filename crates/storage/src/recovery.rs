@@ -10,10 +10,13 @@ use weir_record::BATCH_HEADER_BYTES;
 
 use crate::config::{LogConfig, SEGMENT_BYTES_LIMIT};
 use crate::disk::{Disk, DiskFile, OpenMode};
-use crate::index::{OFFSET_ENTRY_BYTES, SegmentIndex, TIME_ENTRY_BYTES, entries_max};
+use crate::index::{
+    INDEX_TRAILER_BYTES, OFFSET_ENTRY_BYTES, SegmentIndex, TIME_ENTRY_BYTES, entries_max,
+};
+use crate::marker::{CLEAN_SHUTDOWN_FILE, CleanShutdown, read_clean_shutdown};
 use crate::segment::{
     INDEX_SUFFIX, LOG_SUFFIX, NAME_DIGITS, Segment, SegmentReader, TIME_INDEX_SUFFIX, TMP_SUFFIX,
-    relative, remove_if_exists, scan, segment_path, write_index_files,
+    last_offset, relative, remove_if_exists, scan, segment_path, write_index_files,
 };
 use crate::{Clock, StorageError};
 
@@ -36,6 +39,12 @@ pub struct RecoveryReport {
     pub stray_files_removed: Vec<String>,
     /// Names of files that are not the log's; left alone.
     pub unknown_files: Vec<String>,
+    /// The log was closed cleanly and its clean-shutdown marker matched the active
+    /// segment, so the segment was trusted without a scan.
+    pub clean_shutdown: bool,
+    /// A clean-shutdown marker was there but did not match the files, and why; the
+    /// active segment was scanned as after a crash.
+    pub clean_shutdown_rejected: Option<String>,
 }
 
 impl RecoveryReport {
@@ -139,12 +148,12 @@ fn load_index(
     let offsets = read_index_file(
         disk,
         &segment_path(dir, base, INDEX_SUFFIX),
-        entries * OFFSET_ENTRY_BYTES as u64,
+        entries * OFFSET_ENTRY_BYTES as u64 + INDEX_TRAILER_BYTES as u64,
     )?;
     let times = read_index_file(
         disk,
         &segment_path(dir, base, TIME_INDEX_SUFFIX),
-        entries * TIME_ENTRY_BYTES as u64,
+        entries * TIME_ENTRY_BYTES as u64 + INDEX_TRAILER_BYTES as u64,
     )?;
     let index = SegmentIndex::decode(interval, &offsets, &times, len, rel_max)?;
     let last = index
@@ -163,6 +172,72 @@ fn load_index(
     Ok(index)
 }
 
+/// The active segment as a clean shutdown left it, checked against its marker without
+/// scanning it: its index files must load (checksums, bounds, last entry on a batch), and
+/// the batches after the last index entry — at most `index_interval_bytes` and one batch
+/// — must be valid, contiguous and end exactly at the recorded length and log end.
+fn resume_active(
+    disk: &dyn Disk,
+    dir: &Path,
+    base: i64,
+    file: &dyn DiskFile,
+    len: u64,
+    marker: &CleanShutdown,
+    interval: u32,
+) -> Result<(SegmentIndex, Option<i64>), String> {
+    if marker.active_base != base {
+        return Err(format!(
+            "marker names segment {} but the active one is {base}",
+            marker.active_base
+        ));
+    }
+    if marker.active_bytes != len {
+        return Err(format!(
+            "marker records {} bytes but the segment has {len}",
+            marker.active_bytes
+        ));
+    }
+    if len == 0 {
+        if marker.log_end != base {
+            return Err("empty segment but the marker's log end is past it".to_owned());
+        }
+        return Ok((SegmentIndex::new(interval), None));
+    }
+    let rel_max = marker
+        .log_end
+        .checked_sub(1)
+        .and_then(|l| relative(l, base))
+        .ok_or_else(|| "the marker's log end does not fit the segment".to_owned())?;
+    let mut index = load_index(disk, dir, base, file, len, rel_max, interval)?;
+    let entry = index
+        .last_offset_entry()
+        .ok_or_else(|| "index is empty".to_owned())?;
+    let mut r = SegmentReader::new(file, base, len, interval.saturating_add(1 << 16));
+    let mut pos = u64::from(entry.pos);
+    let mut next = base + i64::from(entry.rel);
+    let mut last_rel = entry.rel;
+    while pos < len {
+        let (h, _) = r.batch(pos).map_err(|e| e.to_string())?;
+        let last = last_offset(&h)
+            .filter(|_| h.base_offset == next)
+            .ok_or_else(|| format!("batch at byte {pos} is not where the index says"))?;
+        last_rel = relative(h.base_offset, base).ok_or("offset outside the segment")?;
+        pos += h.total_bytes() as u64;
+        next = last + 1;
+    }
+    if next != marker.log_end {
+        return Err(format!(
+            "segment ends at offset {next} but the marker says {}",
+            marker.log_end
+        ));
+    }
+    index.resume(len, last_rel);
+    let first = SegmentReader::new(file, base, len, BATCH_HEADER_BYTES as u32)
+        .header(0)
+        .map_err(|e| e.to_string())?;
+    Ok((index, Some(first.max_timestamp)))
+}
+
 /// Opens `dir` and rebuilds the in-memory state, repairing what it must.
 pub(crate) fn recover(
     dir: &Path,
@@ -178,6 +253,9 @@ pub(crate) fn recover(
     let mut indexes = Vec::new();
     let mut dir_changed = false;
     for name in &names {
+        if name == CLEAN_SHUTDOWN_FILE {
+            continue;
+        }
         match parse_name(name) {
             Some((base, Kind::Log)) => {
                 bases.insert(base);
@@ -203,6 +281,26 @@ pub(crate) fn recover(
             dir_changed = true;
         }
     }
+    // Consumed before anything is repaired or written: from here on the log may change,
+    // and only the next clean close may vouch for it again. The removal is not synced
+    // here (a directory fsync per partition would dominate a clean start): should a
+    // crash bring the marker back, it still pins the active segment's base and exact
+    // length, which appends can only grow and which everything else that changes the
+    // directory (roll, truncation, retention) syncs first. See `marker.rs`.
+    let marker = match read_clean_shutdown(disk, dir)? {
+        None => None,
+        Some(m) => {
+            remove_if_exists(disk, &dir.join(CLEAN_SHUTDOWN_FILE))?;
+            match m {
+                Ok(m) => Some(m),
+                Err(why) => {
+                    warn!(dir = %dir.display(), reason = why, "ignoring an unreadable clean-shutdown marker");
+                    report.clean_shutdown_rejected = Some(why.to_owned());
+                    None
+                }
+            }
+        }
+    };
     if bases.is_empty() {
         disk.open(&segment_path(dir, 0, LOG_SUFFIX), OpenMode::CreateNew)?;
         bases.insert(0);
@@ -223,6 +321,33 @@ pub(crate) fn recover(
             });
         }
         let Some(&next_base) = bases.get(i + 1) else {
+            if let Some(m) = &marker {
+                match resume_active(disk, dir, base, file.as_ref(), len, m, interval) {
+                    Ok((index, first_max_timestamp)) => {
+                        report.clean_shutdown = true;
+                        segments.push(Segment {
+                            base_offset: base,
+                            file,
+                            size_bytes: len,
+                            index,
+                            first_append_ms: first_age(first_max_timestamp, now),
+                        });
+                        if dir_changed {
+                            disk.sync_dir(dir)?;
+                        }
+                        report.segments = segments.len();
+                        return Ok(Recovered {
+                            segments,
+                            log_end: m.log_end,
+                        });
+                    }
+                    Err(why) => {
+                        warn!(dir = %dir.display(), segment = base, reason = %why,
+                            "clean-shutdown marker does not match; scanning the active segment");
+                        report.clean_shutdown_rejected = Some(why);
+                    }
+                }
+            }
             // The active segment: validate every batch and cut the first bad one and
             // everything after it; it was never acknowledged as durable past that point.
             let s = scan(file.as_ref(), base, len, interval)?;
@@ -241,15 +366,12 @@ pub(crate) fn recover(
             // Makes the cut durable, and whatever the old process wrote may still sit in
             // the page cache only: after this the whole log is durable.
             file.sync_data()?;
-            let first_append_ms = s
-                .first_max_timestamp
-                .map(|ts| if ts >= 0 { ts.min(now) } else { now });
             segments.push(Segment {
                 base_offset: base,
                 file,
                 size_bytes: s.valid_bytes,
                 index: s.index,
-                first_append_ms,
+                first_append_ms: first_age(s.first_max_timestamp, now),
             });
             let log_end = s.next_offset;
             if dir_changed {
@@ -295,4 +417,10 @@ pub(crate) fn recover(
         });
     }
     unreachable!("the loop returns at the last segment, and there is at least one")
+}
+
+/// When the active segment's age counts from after a restart: its first batch's max
+/// timestamp, unless that is absent, negative or in the future (then now).
+fn first_age(first_max_timestamp: Option<i64>, now: i64) -> Option<i64> {
+    first_max_timestamp.map(|ts| if ts >= 0 { ts.min(now) } else { now })
 }

@@ -564,7 +564,7 @@ fn a_failed_fsync_poisons_the_log() {
     log.sync_to(info.last_offset).unwrap();
     log.append(&mut batch(1, T0, 5), 1).unwrap();
     disk.fail_syncs_after(0, FaultKind::Eio);
-    assert!(matches!(log.sync(), Err(StorageError::Io(_))));
+    assert!(matches!(log.sync(), Err(StorageError::Fatal(_))));
     assert!(log.is_poisoned());
     disk.clear_faults();
     // Never retried as if nothing happened.

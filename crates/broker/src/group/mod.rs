@@ -428,10 +428,10 @@ impl Group {
 
     fn remove_member(&mut self, id: &str, reason: GroupError) {
         if let Some(m) = self.members.remove(id) {
-            if let Some(i) = &m.instance_id {
-                if self.static_members.get(i).is_some_and(|v| v == id) {
-                    self.static_members.remove(i);
-                }
+            if let Some(i) = &m.instance_id
+                && self.static_members.get(i).is_some_and(|v| v == id)
+            {
+                self.static_members.remove(i);
             }
             if let Some(w) = m.join_waiter {
                 let _ = w.send(Err(reason.clone()));
@@ -832,10 +832,10 @@ impl GroupCoordinator {
             }
             req.member_id.clone()
         };
-        if let Some(m) = g.members.get_mut(&member_id) {
-            if let Some(old) = m.join_waiter.replace(tx) {
-                let _ = old.send(Err(GroupError::UnknownMemberId(member_id.clone())));
-            }
+        if let Some(m) = g.members.get_mut(&member_id)
+            && let Some(old) = m.join_waiter.replace(tx)
+        {
+            let _ = old.send(Err(GroupError::UnknownMemberId(member_id.clone())));
         }
         g.prepare_rebalance(now, initial_delay);
         g.maybe_complete_join(now, false);

@@ -8,7 +8,7 @@
 
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,36 @@ use weir_record::{BATCH_HEADER_BYTES, BatchBuilder, Record};
 
 use crate::config::Partitioning;
 use crate::partitioner::partition_for_key;
+
+/// Smallest buffer a new batch starts with; it grows as records come.
+const BATCH_CAPACITY_BYTES_MIN: usize = 4096;
+
+/// A multiply-rotate hasher (the one rustc uses, "FxHash") for the accumulator's maps:
+/// their keys are the application's own topic names and partition numbers, looked up on
+/// every send, where SipHash's flooding resistance buys nothing and costs most of a lookup.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+        }
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.write(&i.to_le_bytes());
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// Identifies a partition queue: partition number and lane (acknowledged or one-way).
 /// One-way records travel in their own batches because a produce request has one `acks`.
@@ -58,66 +88,123 @@ pub(crate) struct SealedBatch<C> {
 struct PartQueue<C> {
     open: Option<OpenBatch<C>>,
     ready: VecDeque<SealedBatch<C>>,
-    in_flight: bool,
+    /// Batches sent and not yet completed (at most `inflight_max`).
+    in_flight: u32,
 }
 
 impl<C> PartQueue<C> {
+    fn new() -> Self {
+        Self {
+            open: None,
+            ready: VecDeque::new(),
+            in_flight: 0,
+        }
+    }
+
     fn is_idle(&self) -> bool {
-        self.open.is_none() && self.ready.is_empty() && !self.in_flight
+        self.open.is_none() && self.ready.is_empty() && self.in_flight == 0
     }
 }
 
 #[derive(Debug)]
 struct TopicQueues<C> {
     name: Arc<str>,
-    parts: HashMap<Lane, PartQueue<C>>,
+    parts: FxMap<Lane, PartQueue<C>>,
     /// Partition that records without key (or under round-robin) stick to.
     sticky: u32,
     /// Partition count last seen for the topic.
     partitions: u32,
+    /// When `partitions` was learnt; the fast path asks again once it is too old.
+    partitions_at: Instant,
+    /// Size of the last sealed batch: the buffer the next batch starts with, so a batch
+    /// that fills up is not regrown (and copied) a dozen times on its way to the limit.
+    batch_bytes_hint: usize,
 }
 
 /// What [`Accumulator::drain_ready`] hands to the sender.
 #[derive(Debug)]
 pub(crate) struct Drained<C> {
-    /// Batches to send now; their partitions are marked in flight.
+    /// Batches to send now, in order per partition; their partitions count them in flight.
     pub batches: Vec<SealedBatch<C>>,
     /// When the next open batch's linger expires, if any partition is waiting for one.
     pub next_deadline: Option<Instant>,
 }
 
-/// Per-partition batches of one producer.
+/// The outcome of [`Accumulator::try_append`].
 #[derive(Debug)]
-pub(crate) struct Accumulator<C> {
-    topics: HashMap<Arc<str>, TopicQueues<C>>,
+pub(crate) enum Placed<C> {
+    /// The record is in a batch; `wake` says the sender should look (a batch started or
+    /// was sealed).
+    Batched { wake: bool },
+    /// The topic's partition count is not known, or too old to start a batch with: learn
+    /// it, then call [`Accumulator::append`]. The record was not touched.
+    NeedPartitions(C),
+    /// The record names a partition the topic does not have.
+    NoSuchPartition { completion: C, partitions: u32 },
+}
+
+/// Where a record goes, as the sender asked.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Destination<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub partition: Option<u32>,
+    pub partitioning: Partitioning,
+    pub oneway: bool,
+}
+
+/// Batch ids and the limits every partition queue shares.
+#[derive(Debug)]
+struct Book {
     batch_bytes_max: usize,
-    linger: Duration,
     next_batch_id: u64,
     /// Ids of batches not yet completed, for flush.
     live: BTreeSet<u64>,
+}
+
+/// Per-partition batches of one producer.
+#[derive(Debug)]
+pub(crate) struct Accumulator<C> {
+    topics: FxMap<Arc<str>, TopicQueues<C>>,
+    book: Book,
+    linger: Duration,
+    /// Batches of one partition (and lane) in flight at once.
+    inflight_max: u32,
+    /// How long a learnt partition count is used to start new batches.
+    partitions_max_age: Duration,
     /// Seed for the first sticky partition of a topic, so producers spread out.
     seed: u64,
 }
 
 impl<C> Accumulator<C> {
-    pub(crate) fn new(batch_bytes_max: usize, linger: Duration) -> Self {
+    pub(crate) fn new(
+        batch_bytes_max: usize,
+        linger: Duration,
+        inflight_max: u32,
+        partitions_max_age: Duration,
+    ) -> Self {
         assert!(batch_bytes_max > BATCH_HEADER_BYTES);
+        assert!(inflight_max >= 1);
         Self {
-            topics: HashMap::new(),
-            batch_bytes_max,
+            topics: FxMap::default(),
+            book: Book {
+                batch_bytes_max,
+                next_batch_id: 0,
+                live: BTreeSet::new(),
+            },
             linger,
-            next_batch_id: 0,
-            live: BTreeSet::new(),
+            inflight_max,
+            partitions_max_age,
             seed: RandomState::new().build_hasher().finish(),
         }
     }
 
     /// Largest record (as bounded by the caller) that fits an empty batch.
     pub(crate) fn record_bytes_max(&self) -> usize {
-        self.batch_bytes_max - BATCH_HEADER_BYTES
+        self.book.batch_bytes_max - BATCH_HEADER_BYTES
     }
 
-    fn topic_mut(&mut self, topic: &str, partitions: u32) -> &mut TopicQueues<C> {
+    fn topic_mut(&mut self, topic: &str, partitions: u32, now: Instant) -> &mut TopicQueues<C> {
         if !self.topics.contains_key(topic) {
             let name: Arc<str> = Arc::from(topic);
             let sticky = (self.seed % u64::from(partitions.max(1))) as u32;
@@ -125,13 +212,16 @@ impl<C> Accumulator<C> {
                 name.clone(),
                 TopicQueues {
                     name,
-                    parts: HashMap::new(),
+                    parts: FxMap::default(),
                     sticky,
                     partitions,
+                    partitions_at: now,
+                    batch_bytes_hint: BATCH_CAPACITY_BYTES_MIN,
                 },
             );
         }
         let t = self.topics.get_mut(topic).expect("inserted above");
+        t.partitions_at = now;
         if t.partitions != partitions {
             t.partitions = partitions;
             t.sticky %= partitions.max(1);
@@ -139,7 +229,8 @@ impl<C> Accumulator<C> {
         t
     }
 
-    /// The partition for a record: the explicit one, the key's hash, or the sticky one.
+    /// The partition for a record whose topic has `partitions` partitions (as learnt
+    /// now): the explicit one, the key's hash, or the sticky one.
     pub(crate) fn choose_partition(
         &mut self,
         topic: &str,
@@ -154,13 +245,74 @@ impl<C> Accumulator<C> {
         }
         match (partitioning, key) {
             (Partitioning::KeyHash, Some(k)) => partition_for_key(k, partitions),
-            _ => self.topic_mut(topic, partitions).sticky,
+            _ => self.topic_mut(topic, partitions, Instant::now()).sticky,
         }
     }
 
+    /// The fast path of a send: partitions and batches a record if its topic's partition
+    /// count is known. `clock` is read only if the record starts a new batch, which is
+    /// also when a partition count older than `partitions_max_age` sends the record to
+    /// the slow path ([`Placed::NeedPartitions`]).
+    pub(crate) fn try_append(
+        &mut self,
+        to: Destination<'_>,
+        record: Record<'_>,
+        completion: C,
+        reserved_bytes: usize,
+        clock: impl FnOnce() -> Instant,
+    ) -> Placed<C> {
+        let Some(t) = self.topics.get_mut(to.topic) else {
+            return Placed::NeedPartitions(completion);
+        };
+        let partitions = t.partitions;
+        let partition = match to.partition {
+            Some(p) if p >= partitions => {
+                return Placed::NoSuchPartition {
+                    completion,
+                    partitions,
+                };
+            }
+            Some(p) => p,
+            None => match (to.partitioning, to.key) {
+                (Partitioning::KeyHash, Some(k)) => partition_for_key(k, partitions),
+                _ => t.sticky,
+            },
+        };
+        let lane = Lane {
+            partition,
+            oneway: to.oneway,
+        };
+        let max = self.book.batch_bytes_max;
+        let fits = t
+            .parts
+            .get(&lane)
+            .and_then(|q| q.open.as_ref())
+            .is_some_and(|o| o.builder.size_bytes() + o.builder.record_bytes(&record) <= max);
+        let now = if fits {
+            None
+        } else {
+            let now = clock();
+            if now.saturating_duration_since(t.partitions_at) >= self.partitions_max_age {
+                return Placed::NeedPartitions(completion);
+            }
+            Some(now)
+        };
+        let wake = append_lane(
+            &mut self.book,
+            t,
+            lane,
+            record,
+            completion,
+            reserved_bytes,
+            now,
+        );
+        Placed::Batched { wake }
+    }
+
     /// Appends a record to its partition's open batch, sealing that batch first if the
-    /// record does not fit and after if the batch is full. Returns whether the sender
-    /// should be woken (a batch was started or sealed).
+    /// record does not fit and after if the batch is full. `partitions` is the topic's
+    /// partition count as learnt at `now`. Returns whether the sender should be woken (a
+    /// batch was started or sealed).
     ///
     /// # Panics
     /// If the record alone does not fit an empty batch: callers check sizes first.
@@ -175,87 +327,47 @@ impl<C> Accumulator<C> {
         reserved_bytes: usize,
         now: Instant,
     ) -> bool {
-        let batch_bytes_max = self.batch_bytes_max;
-        let mut next_id = self.next_batch_id;
-        let mut wake = false;
-        let t = self.topic_mut(topic, partitions);
-        let q = t.parts.entry(lane).or_insert_with(|| PartQueue {
-            open: None,
-            ready: VecDeque::new(),
-            in_flight: false,
-        });
-        if let Some(open) = &q.open
-            && open.builder.size_bytes() + open.builder.record_bytes(&record) > batch_bytes_max
-        {
-            let b = q.open.take().expect("checked");
-            q.ready.push_back(seal(b, &t.name, lane));
-            advance_sticky(t, lane);
-            wake = true;
-        }
-        let q = t.parts.get_mut(&lane).expect("inserted above");
-        let mut started = None;
-        let open = q.open.get_or_insert_with(|| {
-            started = Some(next_id);
-            next_id += 1;
-            OpenBatch {
-                id: started.expect("set"),
-                builder: BatchBuilder::new(record.timestamp_ms),
-                created: now,
-                records: Vec::new(),
-                reserved_bytes: 0,
-            }
-        });
-        assert!(
-            open.builder.size_bytes() + open.builder.record_bytes(&record) <= batch_bytes_max,
-            "record larger than an empty batch"
-        );
-        open.builder.push(record);
-        open.records.push(Pending {
-            timestamp_ms: record.timestamp_ms,
+        self.topic_mut(topic, partitions, now);
+        let t = self.topics.get_mut(topic).expect("just inserted");
+        append_lane(
+            &mut self.book,
+            t,
+            lane,
+            record,
             completion,
-        });
-        open.reserved_bytes += reserved_bytes;
-        let full = open.builder.size_bytes() + 64 > batch_bytes_max;
-        if full {
-            let b = q.open.take().expect("present");
-            q.ready.push_back(seal(b, &t.name, lane));
-            advance_sticky(t, lane);
-            wake = true;
-        }
-        if let Some(id) = started {
-            self.live.insert(id);
-            self.next_batch_id = next_id;
-            wake = true;
-        }
-        wake
+            reserved_bytes,
+            Some(now),
+        )
     }
 
-    /// Takes the batches that can be sent now: for each partition not in flight, its
-    /// oldest sealed batch, or its open batch once the linger has expired.
+    /// Takes the batches that can be sent now: for each partition with fewer than
+    /// `inflight_max` batches in flight, its oldest sealed batches, then its open batch
+    /// once the linger has expired.
     pub(crate) fn drain_ready(&mut self, now: Instant) -> Drained<C> {
         let mut batches = Vec::new();
         let mut next_deadline: Option<Instant> = None;
         let linger = self.linger;
+        let inflight_max = self.inflight_max;
         for t in self.topics.values_mut() {
             let mut sealed_sticky = Vec::new();
             for (lane, q) in &mut t.parts {
-                if q.in_flight {
-                    continue;
-                }
-                if let Some(b) = q.ready.pop_front() {
-                    q.in_flight = true;
-                    batches.push(b);
-                    continue;
-                }
-                let Some(open) = &q.open else { continue };
-                let deadline = open.created + linger;
-                if deadline <= now {
-                    let b = q.open.take().expect("present");
-                    q.in_flight = true;
-                    batches.push(seal(b, &t.name, *lane));
-                    sealed_sticky.push(*lane);
-                } else {
-                    next_deadline = Some(next_deadline.map_or(deadline, |d| d.min(deadline)));
+                while q.in_flight < inflight_max {
+                    if let Some(b) = q.ready.pop_front() {
+                        q.in_flight += 1;
+                        batches.push(b);
+                        continue;
+                    }
+                    let Some(open) = &q.open else { break };
+                    let deadline = open.created + linger;
+                    if deadline <= now {
+                        let b = q.open.take().expect("present");
+                        q.in_flight += 1;
+                        batches.push(seal(b, &t.name, *lane, &mut t.batch_bytes_hint));
+                        sealed_sticky.push(*lane);
+                    } else {
+                        next_deadline = Some(next_deadline.map_or(deadline, |d| d.min(deadline)));
+                    }
+                    break;
                 }
             }
             for lane in sealed_sticky {
@@ -274,7 +386,8 @@ impl<C> Accumulator<C> {
             let mut sealed = Vec::new();
             for (lane, q) in &mut t.parts {
                 if let Some(b) = q.open.take() {
-                    q.ready.push_back(seal(b, &t.name, *lane));
+                    q.ready
+                        .push_back(seal(b, &t.name, *lane, &mut t.batch_bytes_hint));
                     sealed.push(*lane);
                 }
             }
@@ -286,12 +399,13 @@ impl<C> Accumulator<C> {
 
     /// Marks a sent batch complete, which lets its partition send the next one.
     pub(crate) fn finish(&mut self, topic: &str, lane: Lane, id: u64) {
-        self.live.remove(&id);
+        self.book.live.remove(&id);
         let Some(t) = self.topics.get_mut(topic) else {
             return;
         };
         if let Entry::Occupied(mut e) = t.parts.entry(lane) {
-            e.get_mut().in_flight = false;
+            let q = e.get_mut();
+            q.in_flight = q.in_flight.saturating_sub(1);
             if e.get().is_idle() {
                 e.remove();
             }
@@ -303,26 +417,92 @@ impl<C> Accumulator<C> {
 
     /// Whether every batch started before `next_batch_id` was `id_bound` is complete.
     pub(crate) fn completed_before(&self, id_bound: u64) -> bool {
-        self.live.first().is_none_or(|&oldest| oldest >= id_bound)
+        self.book
+            .live
+            .first()
+            .is_none_or(|&oldest| oldest >= id_bound)
     }
 
     /// Id the next batch will get; batches started so far have smaller ids.
     pub(crate) fn next_batch_id(&self) -> u64 {
-        self.next_batch_id
+        self.book.next_batch_id
     }
 
     /// Whether no record is waiting or in flight.
     pub(crate) fn is_empty(&self) -> bool {
-        self.live.is_empty()
+        self.book.live.is_empty()
     }
 }
 
-fn seal<C>(b: OpenBatch<C>, topic: &Arc<str>, lane: Lane) -> SealedBatch<C> {
+/// Puts a record into its lane's open batch (see [`Accumulator::append`]). `now` is
+/// `None` only when the record fits the open batch, so no batch starts.
+fn append_lane<C>(
+    book: &mut Book,
+    t: &mut TopicQueues<C>,
+    lane: Lane,
+    record: Record<'_>,
+    completion: C,
+    reserved_bytes: usize,
+    now: Option<Instant>,
+) -> bool {
+    let max = book.batch_bytes_max;
+    let mut wake = false;
+    let mut sealed = false;
+    let q = t.parts.entry(lane).or_insert_with(PartQueue::new);
+    if let Some(open) = &q.open
+        && open.builder.size_bytes() + open.builder.record_bytes(&record) > max
+    {
+        let b = q.open.take().expect("checked");
+        q.ready
+            .push_back(seal(b, &t.name, lane, &mut t.batch_bytes_hint));
+        sealed = true;
+    }
+    if q.open.is_none() {
+        let id = book.next_batch_id;
+        book.next_batch_id += 1;
+        book.live.insert(id);
+        let capacity = t.batch_bytes_hint.max(BATCH_CAPACITY_BYTES_MIN).min(max);
+        q.open = Some(OpenBatch {
+            id,
+            builder: BatchBuilder::with_capacity(record.timestamp_ms, capacity),
+            created: now.unwrap_or_else(Instant::now),
+            records: Vec::new(),
+            reserved_bytes: 0,
+        });
+        wake = true;
+    }
+    let open = q.open.as_mut().expect("present");
+    assert!(
+        open.builder.size_bytes() + open.builder.record_bytes(&record) <= max,
+        "record larger than an empty batch"
+    );
+    open.builder.push(record);
+    open.records.push(Pending {
+        timestamp_ms: record.timestamp_ms,
+        completion,
+    });
+    open.reserved_bytes += reserved_bytes;
+    if open.builder.size_bytes() + 64 > max {
+        let b = q.open.take().expect("present");
+        q.ready
+            .push_back(seal(b, &t.name, lane, &mut t.batch_bytes_hint));
+        sealed = true;
+    }
+    if sealed {
+        advance_sticky(t, lane);
+        wake = true;
+    }
+    wake
+}
+
+fn seal<C>(b: OpenBatch<C>, topic: &Arc<str>, lane: Lane, hint: &mut usize) -> SealedBatch<C> {
+    let bytes = b.builder.finish().freeze();
+    *hint = bytes.len();
     SealedBatch {
         id: b.id,
         topic: topic.clone(),
         lane,
-        bytes: b.builder.finish().freeze(),
+        bytes,
         records: b.records,
         reserved_bytes: b.reserved_bytes,
     }
@@ -343,6 +523,7 @@ mod tests {
         partition: 0,
         oneway: false,
     };
+    const HOUR: Duration = Duration::from_secs(3600);
 
     fn rec(v: &[u8]) -> Record<'_> {
         Record {
@@ -363,7 +544,7 @@ mod tests {
     #[test]
     fn batch_is_sent_when_linger_expires_not_before() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::<u32>::new(4096, Duration::from_millis(10));
+        let mut acc = Accumulator::<u32>::new(4096, Duration::from_millis(10), 1, HOUR);
         assert!(acc.append("t", 1, LANE0, rec(b"a"), 1, 10, t0));
         assert!(!acc.append("t", 1, LANE0, rec(b"b"), 2, 10, t0));
         let d = acc.drain_ready(t0 + Duration::from_millis(5));
@@ -386,7 +567,7 @@ mod tests {
     #[test]
     fn sticky_partition_survives_idle_periods() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::<u32>::new(4096, Duration::ZERO);
+        let mut acc = Accumulator::<u32>::new(4096, Duration::ZERO, 1, HOUR);
         let mut seen = std::collections::BTreeSet::new();
         for i in 0..6 {
             let p = acc.choose_partition("t", None, None, 3, Partitioning::KeyHash);
@@ -411,7 +592,7 @@ mod tests {
     #[test]
     fn full_batch_is_sealed_and_one_batch_per_partition_is_in_flight() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::<u32>::new(1024, Duration::from_secs(60));
+        let mut acc = Accumulator::<u32>::new(1024, Duration::from_secs(60), 1, HOUR);
         let big = [7u8; 300];
         for i in 0..10 {
             acc.append("t", 1, LANE0, rec(&big), i, 300, t0);
@@ -436,7 +617,7 @@ mod tests {
     #[test]
     fn open_batch_keeps_growing_while_its_partition_is_in_flight() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::<u32>::new(4096, Duration::ZERO);
+        let mut acc = Accumulator::<u32>::new(4096, Duration::ZERO, 1, HOUR);
         acc.append("t", 1, LANE0, rec(b"1"), 1, 1, t0);
         let d = acc.drain_ready(t0);
         assert_eq!(d.batches.len(), 1);
@@ -456,7 +637,7 @@ mod tests {
     #[test]
     fn seal_all_and_flush_bookkeeping() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::<u32>::new(4096, Duration::from_secs(60));
+        let mut acc = Accumulator::<u32>::new(4096, Duration::from_secs(60), 1, HOUR);
         let lane1 = Lane {
             partition: 1,
             oneway: false,
@@ -480,7 +661,7 @@ mod tests {
     #[test]
     fn sticky_partition_moves_on_when_its_batch_is_sealed() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::<u32>::new(4096, Duration::ZERO);
+        let mut acc = Accumulator::<u32>::new(4096, Duration::ZERO, 1, HOUR);
         let p0 = acc.choose_partition("t", None, None, 3, Partitioning::KeyHash);
         assert_eq!(
             acc.choose_partition("t", None, None, 3, Partitioning::KeyHash),
@@ -506,5 +687,71 @@ mod tests {
         );
         let rr = acc.choose_partition("t", Some(b"foobar"), None, 50, Partitioning::RoundRobin);
         assert!(rr < 50);
+    }
+
+    #[test]
+    fn several_batches_of_a_partition_go_out_in_order_up_to_the_limit() {
+        let t0 = Instant::now();
+        let mut acc = Accumulator::<u32>::new(1024, Duration::from_secs(60), 3, HOUR);
+        let big = [1u8; 300];
+        for i in 0..20 {
+            acc.append("t", 1, LANE0, rec(&big), i, 300, t0);
+        }
+        let d = acc.drain_ready(t0);
+        assert_eq!(d.batches.len(), 3, "three in flight at once");
+        let ids: Vec<u64> = d.batches.iter().map(|b| b.id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
+        assert!(acc.drain_ready(t0).batches.is_empty());
+        acc.finish("t", LANE0, ids[0]);
+        let d2 = acc.drain_ready(t0);
+        assert_eq!(d2.batches.len(), 1);
+        assert!(d2.batches[0].id > ids[2]);
+    }
+
+    #[test]
+    fn fast_path_needs_a_known_and_fresh_partition_count() {
+        let t0 = Instant::now();
+        let mut acc = Accumulator::<u32>::new(4096, Duration::from_secs(60), 1, HOUR);
+        let to = Destination {
+            topic: "t",
+            key: None,
+            partition: None,
+            partitioning: Partitioning::KeyHash,
+            oneway: false,
+        };
+        assert!(matches!(
+            acc.try_append(to, rec(b"a"), 1, 1, || t0),
+            Placed::NeedPartitions(1)
+        ));
+        acc.append("t", 2, LANE0, rec(b"a"), 1, 1, t0);
+        // Joins an open batch: no clock read at all.
+        let sticky = acc.choose_partition("t", None, None, 2, Partitioning::KeyHash);
+        let lane = Lane {
+            partition: sticky,
+            oneway: false,
+        };
+        acc.append("t", 2, lane, rec(b"b"), 2, 1, t0);
+        let placed = acc.try_append(to, rec(b"c"), 3, 1, || panic!("clock read"));
+        assert!(matches!(placed, Placed::Batched { wake: false }));
+        // A new batch with a partition count older than the limit goes the slow way.
+        let explicit = Destination {
+            partition: Some(1 - sticky),
+            ..to
+        };
+        let placed = acc.try_append(explicit, rec(b"d"), 4, 1, || t0 + HOUR);
+        assert!(matches!(placed, Placed::NeedPartitions(4)));
+        let placed = acc.try_append(explicit, rec(b"d"), 4, 1, || t0);
+        assert!(matches!(placed, Placed::Batched { wake: true }));
+        let bad = Destination {
+            partition: Some(5),
+            ..to
+        };
+        assert!(matches!(
+            acc.try_append(bad, rec(b"e"), 5, 1, || t0),
+            Placed::NoSuchPartition {
+                completion: 5,
+                partitions: 2
+            }
+        ));
     }
 }

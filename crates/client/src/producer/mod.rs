@@ -21,9 +21,10 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 use weir_proto::{Request, Response, v1};
 use weir_record::Record;
 
-use self::accumulator::{Accumulator, Lane, SealedBatch};
+use self::accumulator::{Accumulator, Destination, Lane, Placed, SealedBatch};
 use crate::client::Client;
 use crate::config::{Acks, ProducerConfig};
+use crate::conn::Exchange;
 use crate::error::{ClientError, Result};
 use crate::record::{ProducerRecord, RecordMetadata};
 
@@ -157,7 +158,13 @@ impl Producer {
             .batch_bytes_max
             .min(server_max)
             .max(crate::config::BATCH_BYTES_MIN) as usize;
-        let accumulator = Accumulator::new(batch_bytes_max, linger);
+        let metadata_max_age = Duration::from_millis(client.config().metadata_max_age_ms.into());
+        let accumulator = Accumulator::new(
+            batch_bytes_max,
+            linger,
+            config.partition_inflight_batches_max,
+            metadata_max_age,
+        );
         let buffer = usize::try_from(config.buffer_bytes_max).unwrap_or(usize::MAX >> 4);
         let shared = Arc::new(Shared {
             client,
@@ -209,11 +216,25 @@ impl Producer {
     ) -> impl Future<Output = Result<RecordMetadata>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let oneway = self.config().acks == Acks::None;
+        let mut record = record;
         let mut later = None;
-        match self.prepare(record) {
+        match self.prepare(&mut record) {
             Err(e) => finish_record(self.shared(), Completion::Channel(tx), Err(e)),
-            Ok(prep) => {
-                later = self.try_append(prep, oneway, Completion::Channel(tx));
+            Ok(reserve_bytes) => {
+                match self.try_append(&record, reserve_bytes, oneway, Completion::Channel(tx)) {
+                    Fast::Batched => {}
+                    Fast::Later(completion) => {
+                        let prep = Prepared {
+                            record,
+                            partitions: 0,
+                            reserve_bytes,
+                        };
+                        later = Some((prep, completion));
+                    }
+                    Fast::Failed(e, completion) => {
+                        finish_record(self.shared(), completion, Err(e));
+                    }
+                }
             }
         }
         let this = self.clone();
@@ -280,14 +301,15 @@ impl Producer {
         self.flush().await;
     }
 
-    /// Runs interceptors and checks the record; does not wait.
-    fn prepare(&self, mut record: ProducerRecord) -> Result<Prepared> {
+    /// Runs interceptors and checks the record; returns the buffer bytes it reserves.
+    /// Does not wait.
+    fn prepare(&self, record: &mut ProducerRecord) -> Result<usize> {
         let shared = self.shared();
         if shared.closed.load(Ordering::Acquire) {
             return Err(ClientError::Closed);
         }
         for i in &shared.config.interceptors {
-            i.on_send(&mut record);
+            i.on_send(record);
         }
         if record.topic.is_empty() {
             return Err(ClientError::InvalidArgument("empty topic name".into()));
@@ -300,52 +322,99 @@ impl Producer {
                 shared.record_bytes_max + weir_record::BATCH_HEADER_BYTES
             )));
         }
-        Ok(Prepared {
-            partitions: 0,
-            reserve_bytes: bound,
-            record,
-        })
+        Ok(bound)
     }
 
-    /// Batches a prepared record if that needs no waiting (or completes it with its
-    /// error); hands it back if it must wait for metadata or buffer room.
+    /// Batches a prepared record if that needs no waiting: the partition count is known
+    /// and the buffer has room. One lock, no clock read unless a batch starts.
     fn try_append(
         &self,
-        mut prep: Prepared,
+        r: &ProducerRecord,
+        reserve_bytes: usize,
         oneway: bool,
         completion: Completion,
-    ) -> Option<(Prepared, Completion)> {
+    ) -> Fast {
         let shared = self.shared();
-        let Some(n) = shared.client.cached_partition_count(&prep.record.topic) else {
-            return Some((prep, completion));
-        };
-        prep.partitions = n;
-        if let Err(e) = check_partition(&prep) {
-            finish_record(shared, completion, Err(e));
-            return None;
-        }
-        let reserve = u32::try_from(prep.reserve_bytes).expect("bounded by batch_bytes_max");
+        let reserve = u32::try_from(reserve_bytes).expect("bounded by batch_bytes_max");
         match shared.buffer.try_acquire_many(reserve) {
             Ok(permit) => permit.forget(),
-            Err(_) => return Some((prep, completion)),
+            Err(_) => return Fast::Later(completion),
         }
-        if let Err((e, c)) = self.append(prep, oneway, completion) {
-            finish_record(shared, c, Err(e));
+        let timestamp_ms = r.timestamp_ms.unwrap_or_else(now_ms);
+        let headers: Vec<(&str, &[u8])> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_ref()))
+            .collect();
+        let record = Record {
+            timestamp_ms,
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            headers: &headers,
+        };
+        let to = Destination {
+            topic: &r.topic,
+            key: r.key.as_deref(),
+            partition: r.partition,
+            partitioning: shared.config.partitioning,
+            oneway,
+        };
+        let placed = {
+            let mut st = shared.state.lock();
+            if shared.closed.load(Ordering::Acquire) {
+                drop(st);
+                shared.buffer.add_permits(reserve_bytes);
+                return Fast::Failed(ClientError::Closed, completion);
+            }
+            st.try_append(to, record, completion, reserve_bytes, Instant::now)
+        };
+        match placed {
+            Placed::Batched { wake } => {
+                if wake {
+                    shared.wake.notify_one();
+                }
+                Fast::Batched
+            }
+            Placed::NeedPartitions(completion) => {
+                shared.buffer.add_permits(reserve_bytes);
+                Fast::Later(completion)
+            }
+            Placed::NoSuchPartition {
+                completion,
+                partitions,
+            } => {
+                shared.buffer.add_permits(reserve_bytes);
+                let p = r.partition.unwrap_or_default();
+                Fast::Failed(no_such_partition(&r.topic, p, partitions), completion)
+            }
         }
-        None
     }
 
-    /// Prepares, waits for metadata and buffer room, and batches a record. On failure
-    /// the completion is handed back (after `on_ack` ran) with the error.
+    /// Prepares, waits for metadata and buffer room if needed, and batches a record. On
+    /// failure the completion is handed back (after `on_ack` ran) with the error.
     async fn enqueue(
         &self,
         record: ProducerRecord,
         oneway: bool,
         completion: Completion,
     ) -> std::result::Result<(), (ClientError, Completion)> {
-        match self.prepare(record) {
-            Ok(prep) => self.enqueue_prepared(prep, oneway, completion).await,
-            Err(e) => Err(fail_early(self.shared(), e, completion)),
+        let mut record = record;
+        let reserve_bytes = match self.prepare(&mut record) {
+            Ok(n) => n,
+            Err(e) => return Err(fail_early(self.shared(), e, completion)),
+        };
+        match self.try_append(&record, reserve_bytes, oneway, completion) {
+            Fast::Batched => Ok(()),
+            // Boxed: the rare slow path would otherwise make every send's future large.
+            Fast::Later(completion) => {
+                let prep = Prepared {
+                    record,
+                    partitions: 0,
+                    reserve_bytes,
+                };
+                Box::pin(self.enqueue_prepared(prep, oneway, completion)).await
+            }
+            Fast::Failed(e, completion) => Err(fail_early(self.shared(), e, completion)),
         }
     }
 
@@ -373,7 +442,8 @@ impl Producer {
             .map_err(|(e, c)| fail_early(shared, e, c))
     }
 
-    /// Puts a record whose buffer room is reserved into its batch.
+    /// Puts a record whose buffer room is reserved and whose topic's partition count was
+    /// just learnt into its batch.
     fn append(
         &self,
         prep: Prepared,
@@ -425,14 +495,29 @@ impl Producer {
     }
 }
 
+/// The outcome of the no-wait path of a send.
+enum Fast {
+    /// The record is in a batch.
+    Batched,
+    /// It must wait for metadata or buffer room: the slow path takes it from here.
+    Later(Completion),
+    /// It cannot be sent.
+    Failed(ClientError, Completion),
+}
+
 fn check_partition(prep: &Prepared) -> Result<()> {
     match prep.record.partition {
-        Some(p) if p >= prep.partitions => Err(ClientError::InvalidArgument(format!(
-            "partition {p} does not exist: topic {:?} has {} partitions",
-            prep.record.topic, prep.partitions
-        ))),
+        Some(p) if p >= prep.partitions => {
+            Err(no_such_partition(&prep.record.topic, p, prep.partitions))
+        }
         _ => Ok(()),
     }
+}
+
+fn no_such_partition(topic: &str, partition: u32, partitions: u32) -> ClientError {
+    ClientError::InvalidArgument(format!(
+        "partition {partition} does not exist: topic {topic:?} has {partitions} partitions"
+    ))
 }
 
 /// Reports a record that never reached a batch to the interceptors, and hands its
@@ -462,6 +547,10 @@ fn now_ms() -> i64 {
 }
 
 /// Sends batches as they become ready until the producer is dropped and drained.
+///
+/// Each batch's first attempt is queued on the connection here, in drain order, so the
+/// batches of a partition reach the server in order even when several are in flight
+/// (`partition_inflight_batches_max`); a task per batch then waits for its answer.
 async fn sender_loop(shared: Arc<Shared>) {
     loop {
         let (drained, finished) = {
@@ -471,7 +560,8 @@ async fn sender_loop(shared: Arc<Shared>) {
             (d, finished)
         };
         for batch in drained.batches {
-            tokio::spawn(send_batch(shared.clone(), batch));
+            let first = start_produce(&shared, &batch.topic, batch.lane, batch.bytes.clone()).await;
+            tokio::spawn(send_batch(shared.clone(), batch, first));
         }
         if finished {
             return;
@@ -488,9 +578,69 @@ async fn sender_loop(shared: Arc<Shared>) {
     }
 }
 
+/// A batch's first attempt, queued on the connection.
+enum Started {
+    /// Waiting for the answer until the deadline.
+    Awaiting(Exchange, Instant),
+    /// Sent one-way (acks none): nothing to wait for.
+    Sent,
+    /// Could not be queued.
+    Failed(ClientError),
+}
+
+fn produce_request(shared: &Shared, topic: &str, lane: Lane, records: bytes::Bytes) -> Request {
+    let acks = if lane.oneway {
+        Acks::None
+    } else {
+        shared.config.acks
+    };
+    Request::Produce(v1::ProduceRequest {
+        topic: topic.to_owned(),
+        partition: lane.partition,
+        acks: acks.to_wire() as i32,
+        timeout_ms: shared.config.request_timeout_ms,
+        records,
+    })
+}
+
+/// The server answers within timeout_ms; leave it time to say so before giving up.
+fn produce_timeout(config: &ProducerConfig) -> Duration {
+    Duration::from_millis(u64::from(config.request_timeout_ms) + 1_000)
+}
+
+/// Queues the first attempt of a batch on the connection (waiting for an in-flight
+/// permit, or a reconnect, if need be).
+async fn start_produce(shared: &Shared, topic: &str, lane: Lane, records: bytes::Bytes) -> Started {
+    let request = produce_request(shared, topic, lane, records);
+    let timeout = produce_timeout(&shared.config);
+    let deadline = Instant::now() + timeout;
+    let oneway = lane.oneway || shared.config.acks == Acks::None;
+    let queue = async {
+        let conn = shared.client.conn().await?;
+        if oneway {
+            conn.send_oneway(&request, timeout).await.map(|()| None)
+        } else {
+            conn.start(&request).await.map(Some)
+        }
+    };
+    match tokio::time::timeout(timeout, queue).await {
+        Ok(Ok(Some(exchange))) => Started::Awaiting(exchange, deadline),
+        Ok(Ok(None)) => Started::Sent,
+        Ok(Err(e)) => Started::Failed(e),
+        Err(_) => Started::Failed(ClientError::Timeout(timeout)),
+    }
+}
+
 /// Sends one batch with retries, completes its records and frees its partition.
-async fn send_batch(shared: Arc<Shared>, batch: SealedBatch<Completion>) {
-    let result = produce(&shared, &batch.topic, batch.lane, batch.bytes.clone()).await;
+async fn send_batch(shared: Arc<Shared>, batch: SealedBatch<Completion>, first: Started) {
+    let result = produce(
+        &shared,
+        &batch.topic,
+        batch.lane,
+        batch.bytes.clone(),
+        first,
+    )
+    .await;
     let SealedBatch {
         id,
         topic,
@@ -502,7 +652,11 @@ async fn send_batch(shared: Arc<Shared>, batch: SealedBatch<Completion>) {
     if let Err(e) = &result {
         tracing::debug!(%topic, partition = lane.partition, error = %e, "batch failed");
     }
+    let quiet = shared.config.interceptors.is_empty();
     for (i, p) in records.into_iter().enumerate() {
+        if quiet && matches!(p.completion, Completion::None) {
+            continue;
+        }
         let r = match &result {
             Ok(base) => Ok(RecordMetadata {
                 topic: topic.to_string(),
@@ -520,29 +674,49 @@ async fn send_batch(shared: Arc<Shared>, batch: SealedBatch<Completion>) {
     shared.done.notify_waiters();
 }
 
-/// One produce request with bounded retries; returns the base offset (-1 for acks none).
-async fn produce(shared: &Shared, topic: &str, lane: Lane, records: bytes::Bytes) -> Result<i64> {
+/// A produce request with bounded retries, its first attempt already started; returns
+/// the base offset (-1 for acks none).
+async fn produce(
+    shared: &Shared,
+    topic: &str,
+    lane: Lane,
+    records: bytes::Bytes,
+    first: Started,
+) -> Result<i64> {
     let config = &shared.config;
+    let request = produce_request(shared, topic, lane, records);
     let acks = if lane.oneway { Acks::None } else { config.acks };
-    let request = Request::Produce(v1::ProduceRequest {
-        topic: topic.to_owned(),
-        partition: lane.partition,
-        acks: acks.to_wire() as i32,
-        timeout_ms: config.request_timeout_ms,
-        records,
-    });
-    // The server answers within timeout_ms; leave it time to say so before giving up.
-    let timeout = Duration::from_millis(u64::from(config.request_timeout_ms) + 1_000);
+    let timeout = produce_timeout(config);
+    let mut first = Some(first);
     let mut attempt: u32 = 0;
     loop {
+        let answer = match first.take() {
+            Some(Started::Awaiting(exchange, deadline)) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, exchange.response()).await {
+                    Ok(r) => Some(r),
+                    Err(_) => Some(Err(ClientError::Timeout(timeout))),
+                }
+            }
+            Some(Started::Sent) => return Ok(-1),
+            Some(Started::Failed(e)) => Some(Err(e)),
+            None => None,
+        };
         let result = if acks == Acks::None {
-            shared
-                .client
-                .send_oneway(&request, timeout)
-                .await
-                .map(|()| -1)
+            match answer {
+                Some(Err(e)) => Err(e),
+                _ => shared
+                    .client
+                    .send_oneway(&request, timeout)
+                    .await
+                    .map(|()| -1),
+            }
         } else {
-            match shared.client.request(&request, timeout).await {
+            let answer = match answer {
+                Some(a) => a,
+                None => shared.client.request(&request, timeout).await,
+            };
+            match answer {
                 Ok(Response::Produce(r)) => {
                     crate::error::check(r.status.as_ref()).map(|()| r.base_offset)
                 }

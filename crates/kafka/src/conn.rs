@@ -1,0 +1,313 @@
+//! Connections: accept → read frames → start requests in order → answer in order.
+//!
+//! Kafka clients match responses to requests by position as well as by correlation id
+//! (the Java client checks that each response answers its oldest outstanding request), so
+//! a connection answers strictly in request order. Each connection has three tasks:
+//!
+//! - the reader (this task) splits and decodes frames; each request that expects an answer
+//!   gets the next sequence number and a permit (at most `inflight_requests_max` requests
+//!   are unanswered; beyond that the reader stops reading), then goes to the dispatcher. A
+//!   bad frame or request ends the reader: the connection is closed after the requests
+//!   before it are answered.
+//! - the dispatcher starts requests in arrival order: produce requests are appended to
+//!   the log right there, one after the other (so a connection's batches reach each
+//!   partition in the order sent, like the native listener's `append_loop`); the wait for
+//!   durability, and every other request, runs in its own task.
+//! - the writer receives answers as they are ready, with their sequence numbers, keeps
+//!   the early ones aside, and writes them in sequence, gathering whatever is ready into
+//!   one flush. A permit is released only once its answer is written, so the answers kept
+//!   aside are bounded too: a client that does not read its responses stops being read.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use weir_broker::Broker;
+
+use crate::codec::{self, Decoded, Header, Request};
+use crate::{KafkaConfig, handler, produce, versions};
+
+/// Bytes read from a socket at a time when no frame announces more.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes the writer gathers before it flushes the socket.
+const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+/// What every connection shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) broker: Broker,
+    pub(crate) config: KafkaConfig,
+    /// Cancelled at shutdown: connections stop reading new requests.
+    pub(crate) stop: CancellationToken,
+}
+
+/// An encoded response frame, or `None` when the connection must close instead (a
+/// response that could not be encoded: the client would wait for it forever).
+pub(crate) type Reply = Option<BytesMut>;
+
+/// An answer on its way to the writer.
+struct Answer {
+    /// Position among the connection's answered requests, from 0.
+    seq: u64,
+    reply: Reply,
+    /// Released once the answer is written.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Where one request's answer goes. Dropped without an answer (a task that panicked), it
+/// answers `None`, which closes the connection instead of leaving the client waiting.
+struct Responder {
+    seq: u64,
+    tx: mpsc::UnboundedSender<Answer>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Responder {
+    fn send(mut self, reply: Reply) {
+        self.answer(reply);
+    }
+
+    fn answer(&mut self, reply: Reply) {
+        if let Some(permit) = self.permit.take() {
+            // The writer is gone only when the connection is: nobody left to tell.
+            let _ = self.tx.send(Answer {
+                seq: self.seq,
+                reply,
+                _permit: permit,
+            });
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.answer(None);
+    }
+}
+
+/// A request on its way from the reader to the dispatcher.
+struct Work {
+    header: Header,
+    request: Request,
+    /// Where the answer goes; `None` for a produce with acks=0, which is not answered.
+    reply: Option<Responder>,
+}
+
+/// Accepts connections until `stop` is cancelled. Each runs on `connections`.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    connections: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(shared.config.connections_max as usize));
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = shared.stop.cancelled() => return,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "kafka accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Kafka has no frame to say why; the client sees the close and backs off.
+            tracing::warn!(%peer, max = shared.config.connections_max, "refusing kafka connection: too many");
+            drop(socket);
+            continue;
+        };
+        let shared = shared.clone();
+        connections.spawn(async move {
+            tracing::debug!(%peer, "kafka connection opened");
+            serve(socket, peer, shared).await;
+            tracing::debug!(%peer, "kafka connection closed");
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one connection until the peer closes it, sends a bad request, or shutdown.
+async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let (mut rd, wr) = socket.into_split();
+    let inflight_max = shared.config.inflight_requests_max.max(1) as usize;
+    // Unbounded, but every answer holds one of `inflight_max` permits.
+    let (answer_tx, answer_rx) = mpsc::unbounded_channel::<Answer>();
+    let inflight = Arc::new(Semaphore::new(inflight_max));
+    let mut next_seq = 0u64;
+    let writer = tokio::spawn(write_loop(wr, answer_rx, peer));
+    let requests = TaskTracker::new();
+    let (work_tx, work_rx) = mpsc::channel::<Work>(inflight_max);
+    let dispatcher = tokio::spawn(dispatch_loop(
+        shared.clone(),
+        work_rx,
+        requests.clone(),
+        peer,
+    ));
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    'conn: loop {
+        loop {
+            let frame = match codec::split_frame(&mut buf, shared.config.frame_bytes_max) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "closing kafka connection after a bad frame");
+                    break 'conn;
+                }
+            };
+            let (header, request) = match codec::decode(frame) {
+                Ok(Decoded::Request(h, r)) => (h, *r),
+                Ok(Decoded::ApiVersionsTooNew(h)) => {
+                    // Answered at v0 with the ranges, so the client can retry lower.
+                    let reply = codec::encode_at(
+                        h.api_key,
+                        h.correlation_id,
+                        0,
+                        &versions::api_versions_response(Some(
+                            kafka_protocol::ResponseError::UnsupportedVersion,
+                        )),
+                    )
+                    .ok();
+                    let Ok(permit) = inflight.clone().acquire_owned().await else {
+                        break 'conn;
+                    };
+                    let responder = Responder {
+                        seq: next_seq,
+                        tx: answer_tx.clone(),
+                        permit: Some(permit),
+                    };
+                    next_seq += 1;
+                    responder.send(reply);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "closing kafka connection after a request it cannot serve");
+                    break 'conn;
+                }
+            };
+            let reply = if produce::expects_reply(&request) {
+                let Ok(permit) = inflight.clone().acquire_owned().await else {
+                    break 'conn;
+                };
+                let responder = Responder {
+                    seq: next_seq,
+                    tx: answer_tx.clone(),
+                    permit: Some(permit),
+                };
+                next_seq += 1;
+                Some(responder)
+            } else {
+                None
+            };
+            let work = Work {
+                header,
+                request,
+                reply,
+            };
+            if work_tx.send(work).await.is_err() {
+                break 'conn;
+            }
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
+            buf.reserve(READ_CHUNK_BYTES);
+        }
+        tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "kafka read failed");
+                    break;
+                }
+            },
+            () = shared.stop.cancelled() => break,
+        }
+    }
+    // Answer what was asked before closing.
+    drop(work_tx);
+    let _ = dispatcher.await;
+    requests.close();
+    requests.wait().await;
+    drop(answer_tx);
+    let _ = writer.await;
+}
+
+/// Starts requests in arrival order; see the module documentation.
+async fn dispatch_loop(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Work>,
+    requests: TaskTracker,
+    peer: SocketAddr,
+) {
+    while let Some(work) = rx.recv().await {
+        let Work {
+            header,
+            request,
+            reply,
+        } = work;
+        match request {
+            Request::Produce(r) => {
+                let started = produce::start(&shared, r).await;
+                requests.spawn(async move {
+                    let answer = produce::finish(&header, started).await;
+                    if let Some(reply) = reply {
+                        reply.send(answer);
+                    }
+                });
+            }
+            other => {
+                let shared = shared.clone();
+                requests.spawn(async move {
+                    let answer = handler::handle(&shared, &header, other, peer).await;
+                    if let Some(reply) = reply {
+                        reply.send(answer);
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Writes answers in request order; see the module documentation.
+async fn write_loop(
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    mut answers: mpsc::UnboundedReceiver<Answer>,
+    peer: SocketAddr,
+) {
+    let mut w = BufWriter::with_capacity(WRITE_BUFFER_BYTES, wr);
+    let mut next = 0u64;
+    // Answers that arrived before an earlier one; at most `inflight_requests_max`.
+    let mut early: BTreeMap<u64, Answer> = BTreeMap::new();
+    while let Some(first) = answers.recv().await {
+        early.insert(first.seq, first);
+        // Gather whatever else is ready into the same flush.
+        while let Ok(a) = answers.try_recv() {
+            early.insert(a.seq, a);
+        }
+        while let Some(answer) = early.remove(&next) {
+            let Some(frame) = answer.reply else {
+                tracing::warn!(%peer, "closing kafka connection: a response could not be produced");
+                let _ = w.flush().await;
+                return;
+            };
+            if w.write_all(&frame).await.is_err() {
+                return;
+            }
+            next += 1;
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
