@@ -196,15 +196,14 @@ impl SegmentIndex {
         with_trailer(out)
     }
 
-    /// Continues a decoded index as the active segment's, after a clean shutdown: the
-    /// segment holds `size_bytes` bytes and its last batch is based at relative offset
-    /// `last_rel`. Appends then add entries exactly as if the process had never stopped.
-    pub(crate) fn resume(&mut self, size_bytes: u64, last_rel: u32) {
-        self.last_rel = Some(last_rel);
-        self.bytes_since_entry = self
-            .offsets
-            .last()
-            .map_or(0, |e| size_bytes.saturating_sub(u64::from(e.pos)));
+    /// Continues a decoded index as the active segment's, after a clean shutdown, from
+    /// its last offset entry: the batch there is based at relative offset `rel` and is
+    /// `bytes` long. The caller then [`observe`](Self::observe)s every later batch, which
+    /// adds whatever entries the files lacked, so appends go on exactly as if the process
+    /// had never stopped.
+    pub(crate) fn resume_at(&mut self, rel: u32, bytes: u32) {
+        self.last_rel = Some(rel);
+        self.bytes_since_entry = u64::from(bytes);
     }
 
     /// The last offset index entry, if any.

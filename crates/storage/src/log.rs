@@ -377,7 +377,7 @@ impl Log {
         let disk = self.disk.as_ref();
         let seg = st.active_mut();
         seg.index.seal();
-        write_index_files(disk, &self.dir, seg.base_offset, &seg.index)?;
+        write_index_files(disk, &self.dir, seg.base_offset, &seg.index, true)?;
         let path = segment_path(&self.dir, base_offset, LOG_SUFFIX);
         // Left over by an earlier roll whose directory sync failed; holds nothing.
         remove_if_exists(disk, &path)?;
@@ -788,12 +788,19 @@ impl Log {
         }
         let seg = st.active();
         if seg.size_bytes > 0 {
+            // Not fsynced: the next open checks and completes them before trusting them.
             let mut index = seg.index.clone();
             index.seal();
-            write_index_files(self.disk.as_ref(), &self.dir, seg.base_offset, &index)?;
+            write_index_files(
+                self.disk.as_ref(),
+                &self.dir,
+                seg.base_offset,
+                &index,
+                false,
+            )?;
         }
-        self.disk.sync_dir(&self.dir)?;
-        // Last, once data and indexes are durable: the marker vouches for both.
+        // Last, once the data is durable. Its directory sync also persists the renames
+        // above (and the removal of a half-done roll's file).
         let marker = CleanShutdown {
             active_base: seg.base_offset,
             active_bytes: seg.size_bytes,

@@ -174,7 +174,8 @@ fn load_index(
 
 /// The active segment as a clean shutdown left it, checked against its marker without
 /// scanning it: its index files must load (checksums, bounds, last entry on a batch), and
-/// the batches after the last index entry — at most `index_interval_bytes` and one batch
+/// the batches from the last index entry on — at most `index_interval_bytes` and one
+/// batch, unless the index files are older than the close (then they are completed here)
 /// — must be valid, contiguous and end exactly at the recorded length and log end.
 fn resume_active(
     disk: &dyn Disk,
@@ -215,14 +216,20 @@ fn resume_active(
     let mut r = SegmentReader::new(file, base, len, interval.saturating_add(1 << 16));
     let mut pos = u64::from(entry.pos);
     let mut next = base + i64::from(entry.rel);
-    let mut last_rel = entry.rel;
     while pos < len {
         let (h, _) = r.batch(pos).map_err(|e| e.to_string())?;
         let last = last_offset(&h)
             .filter(|_| h.base_offset == next)
             .ok_or_else(|| format!("batch at byte {pos} is not where the index says"))?;
-        last_rel = relative(h.base_offset, base).ok_or("offset outside the segment")?;
-        pos += h.total_bytes() as u64;
+        let rel = relative(h.base_offset, base).ok_or("offset outside the segment")?;
+        // pos < len <= SEGMENT_BYTES_LIMIT and a batch <= BATCH_BYTES_LIMIT: both fit u32.
+        let total = h.total_bytes() as u32;
+        if pos == u64::from(entry.pos) {
+            index.resume_at(rel, total);
+        } else {
+            index.observe(rel, pos as u32, total, h.max_timestamp);
+        }
+        pos += u64::from(total);
         next = last + 1;
     }
     if next != marker.log_end {
@@ -231,7 +238,6 @@ fn resume_active(
             marker.log_end
         ));
     }
-    index.resume(len, last_rel);
     let first = SegmentReader::new(file, base, len, BATCH_HEADER_BYTES as u32)
         .header(0)
         .map_err(|e| e.to_string())?;
@@ -401,7 +407,7 @@ pub(crate) fn recover(
                 } else {
                     // Persist only a complete index, so the corruption is found again on
                     // the next open instead of hiding behind a valid-looking index.
-                    write_index_files(disk, dir, base, &s.index)?;
+                    write_index_files(disk, dir, base, &s.index, true)?;
                     dir_changed = true;
                 }
                 report.indexes_rebuilt.push(base);

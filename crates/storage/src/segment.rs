@@ -227,13 +227,16 @@ pub(crate) fn remove_if_exists(disk: &dyn Disk, path: &Path) -> io::Result<()> {
     }
 }
 
-/// Writes both index files of a segment atomically (temporary file, fsync, rename). The
-/// caller syncs the directory.
+/// Writes both index files of a segment atomically (temporary file, fsync if `durable`,
+/// rename). The caller syncs the directory. Only the active segment's files written at
+/// `close` skip the fsync: they are checked (checksum) and completed (tail walk) before
+/// the next open trusts them, so losing them costs a scan, never correctness.
 pub(crate) fn write_index_files(
     disk: &dyn Disk,
     dir: &Path,
     base_offset: i64,
     index: &SegmentIndex,
+    durable: bool,
 ) -> io::Result<()> {
     for (suffix, bytes) in [
         (INDEX_SUFFIX, index.encode_offsets()),
@@ -244,7 +247,9 @@ pub(crate) fn write_index_files(
         remove_if_exists(disk, &tmp)?;
         let f = disk.open(&tmp, OpenMode::CreateNew)?;
         f.write_all_at(&bytes, 0)?;
-        f.sync_data()?;
+        if durable {
+            f.sync_data()?;
+        }
         disk.rename(&tmp, &path)?;
     }
     Ok(())

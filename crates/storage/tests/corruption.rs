@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use weir_record::{BatchBuilder, BatchIter, Record};
 use weir_storage::testing::{FaultKind, FaultyDisk};
-use weir_storage::{FsDisk, Log, LogConfig, RecoveryReport, StorageError, SystemClock};
+use weir_storage::{FsDisk, Log, LogConfig, RecoveryReport, StorageError, SystemClock, TestClock};
 
 const T0: i64 = 1_700_000_000_000;
 /// `partitionLeaderEpoch`: the one header field no checksum covers (as in Kafka).
@@ -42,8 +42,14 @@ fn small_config() -> LogConfig {
     }
 }
 
+/// Opens on the real file system, minus the fsyncs: these tests reopen logs thousands of
+/// times to check detection and repair, not durability.
 fn open(dir: &Path) -> (Log, RecoveryReport) {
-    Log::open(dir, small_config(), Arc::new(FsDisk), Arc::new(SystemClock)).expect("open")
+    Log::open(dir, small_config(), no_syncs(), Arc::new(SystemClock)).expect("open")
+}
+
+fn no_syncs() -> Arc<FaultyDisk> {
+    Arc::new(FaultyDisk::without_real_syncs(Arc::new(FsDisk)))
 }
 
 /// A batch as appended: its offsets and patched bytes.
@@ -162,8 +168,11 @@ fn every_bit_flip_in_a_sealed_segment_is_caught_and_never_served() {
         .collect();
     let batch_at = |at: usize| starts.iter().rposition(|&s| s <= at).expect("in a batch");
     let mut caught_at_open = 0;
-    // Every byte of the first two batches (every header field), then every 7th byte.
-    let positions = (0..len).filter(|&at| at < starts[2] || at % 7 == 0);
+    // Every header byte of the first two batches (every header field, once in the first
+    // batch of the segment and once in a later one), then every 11th byte.
+    let header_bytes = weir_record::BATCH_HEADER_BYTES;
+    let in_header = |at: usize| (at - starts[batch_at(at)]) < header_bytes;
+    let positions = (0..len).filter(|&at| (at < starts[2] && in_header(at)) || at % 11 == 0);
     for (n, at) in positions.enumerate() {
         let bit = (n % 8) as u8;
         let k = batch_at(at);
@@ -436,6 +445,68 @@ fn a_stale_or_damaged_marker_is_ignored() {
         read_all(&log);
         assert!(!dir.path().join("clean-shutdown").exists(), "{name}");
     }
+}
+
+/// `close` does not fsync the active segment's index files, so a power cut after it may
+/// leave older (still valid) ones under a newer marker. The open completes them from the
+/// segment: every read and time lookup is right, and appends go on.
+#[test]
+fn stale_active_index_files_under_a_marker_are_completed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The batches' own time, so a reopened active segment is not too old to take more.
+    let clock = Arc::new(TestClock::new(T0 + 1000));
+    let open =
+        |dir: &Path| Log::open(dir, small_config(), Arc::new(FsDisk), clock.clone()).expect("open");
+    let (log, _) = open(dir.path());
+    let mut written = fill(&log, 13); // two sealed segments, one batch in the active one
+    log.close().expect("close");
+    drop(log);
+    let active = files(dir.path(), ".log").pop().expect("active");
+    let stale: Vec<(PathBuf, Vec<u8>)> = ["index", "timeindex"]
+        .iter()
+        .map(|ext| {
+            let p = active.with_extension(ext);
+            let b = std::fs::read(&p).expect("index file");
+            (p, b)
+        })
+        .collect();
+    let (log, report) = open(dir.path());
+    assert!(report.clean_shutdown);
+    for i in 13..18 {
+        let mut b = batch(i, 2, 300);
+        let info = log.append(&mut b, 1).expect("append");
+        written.push(Written {
+            base: info.base_offset,
+            last: info.last_offset,
+            bytes: b.to_vec(),
+        });
+    }
+    assert_eq!(
+        files(dir.path(), ".log").pop(),
+        Some(active.clone()),
+        "no roll"
+    );
+    log.close().expect("close");
+    drop(log);
+    for (p, b) in &stale {
+        std::fs::write(p, b).expect("put the stale index back");
+    }
+    let (log, report) = open(dir.path());
+    assert!(report.clean_shutdown, "{report:?}");
+    assert!(check_reads(&log, &written, usize::MAX, false).is_empty());
+    for i in 0..18 {
+        let want = Some(2 * i + 1);
+        assert_eq!(
+            log.offset_for_timestamp(T0 + 10 * i + 1).expect("ts"),
+            want,
+            "{i}"
+        );
+    }
+    let info = log.append(&mut batch(18, 2, 300), 1).expect("append");
+    assert_eq!(info.base_offset, 36);
+    drop(log);
+    let (log, _) = open(dir.path());
+    assert_eq!(log.log_end_offset(), 38);
 }
 
 /// The open removes the marker without syncing the directory, so a crash may bring it

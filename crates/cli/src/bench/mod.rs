@@ -266,6 +266,26 @@ impl Settings {
 
 /// Runs `weir bench`.
 pub async fn run(addr: &str, timeout_ms: u32, args: BenchArgs) -> Result<()> {
+    let json = args.json;
+    let report = measure(addr, timeout_ms, args).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    if let Some(v) = &report.verification
+        && !v.ok
+    {
+        return Err(user_error(
+            Exit::Failure,
+            format!("verification failed: {}", v.summary),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the scenario and returns what it found.
+async fn measure(addr: &str, timeout_ms: u32, args: BenchArgs) -> Result<Report> {
     let run_id: u32 = rand_u32();
     let settings = Settings::resolve(&args, run_id);
     let embedded = if args.embedded {
@@ -291,21 +311,7 @@ pub async fn run(addr: &str, timeout_ms: u32, args: BenchArgs) -> Result<()> {
     if let Some(e) = embedded {
         e.stop().await;
     }
-    let report = outcome?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.table());
-    }
-    if let Some(v) = &report.verification
-        && !v.ok
-    {
-        return Err(user_error(
-            Exit::Failure,
-            format!("verification failed: {}", v.summary),
-        ));
-    }
-    Ok(())
+    outcome
 }
 
 /// A random id for this run (the topic name and the stamps carry it).
@@ -1217,6 +1223,7 @@ struct Meter {
     wall: Instant,
     process: Option<sys::CpuTime>,
     broker: Option<sys::CpuTime>,
+    waited: Option<Duration>,
 }
 
 impl Meter {
@@ -1225,6 +1232,7 @@ impl Meter {
             wall: Instant::now(),
             process: sys::process_cpu("self"),
             broker: b.broker_cpu(),
+            waited: sys::runqueue_wait(),
         }
     }
 
@@ -1237,7 +1245,11 @@ impl Meter {
         let broker = b.broker_cpu().zip(self.broker).map(|(n, s)| n.since(s));
         let own_memory = sys::memory("self");
         let broker_memory = b.server_pid.and_then(|p| sys::memory(&p.to_string()));
+        let waited = sys::runqueue_wait()
+            .zip(self.waited)
+            .map(|(n, s)| n.saturating_sub(s).as_secs_f64() / wall.max(1e-9));
         Resources {
+            process_cpu_wait_cores: waited,
             process_cpu_cores: process.map(cores),
             process_cpu_s: process.map(|t| t.total().as_secs_f64()),
             broker_cpu_cores: broker.map(cores),
@@ -1348,5 +1360,74 @@ mod tests {
         assert!(!dup.ok);
         assert!(dup.summary.contains("read twice"), "{}", dup.summary);
         assert!(verify(&mut v, 3, Some(3), true).ok);
+    }
+
+    /// Every scenario against an embedded broker, small: it runs, and what the consumers
+    /// read verifies (no timing is asserted).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scenarios_run_and_verify_on_an_embedded_broker() {
+        for line in [
+            vec!["produce", "--messages", "3000", "--acks", "leader"],
+            vec![
+                "consume",
+                "--messages",
+                "3000",
+                "--partitions",
+                "3",
+                "--consumers",
+                "2",
+            ],
+            vec![
+                "pubsub",
+                "--messages",
+                "4000",
+                "--producers",
+                "2",
+                "--partitions",
+                "2",
+                "--inflight",
+                "4",
+                "--fsync",
+                "never",
+            ],
+            vec![
+                "pubsub",
+                "--messages",
+                "2000",
+                "--acks",
+                "none",
+                "--fsync",
+                "interval",
+            ],
+            vec!["latency", "--duration-s", "1", "--rate", "500"],
+            vec![
+                "group",
+                "--messages",
+                "2000",
+                "--consumers",
+                "2",
+                "--partitions",
+                "2",
+            ],
+            vec!["idle", "--duration-s", "1"],
+        ] {
+            let mut a = line.clone();
+            a.extend(["--embedded", "--no-progress"]);
+            let report = measure("unused:0", 10_000, args(&a))
+                .await
+                .unwrap_or_else(|e| panic!("{line:?}: {e:#}"));
+            if let Some(v) = &report.verification {
+                assert!(v.ok, "{line:?}: {}", v.summary);
+            }
+            let json = serde_json::to_value(&report).unwrap();
+            assert_eq!(json["scenario"], line[0], "{line:?}");
+            match line[0] {
+                "produce" => assert_eq!(report.produce.unwrap().total.messages, 3000),
+                "consume" => assert_eq!(report.consume.unwrap().total.messages, 3000),
+                "latency" => assert!(report.e2e_latency.is_some()),
+                "idle" => assert_eq!(report.consume.unwrap().total.messages, 0),
+                _ => assert!(report.verification.is_some()),
+            }
+        }
     }
 }

@@ -114,6 +114,9 @@ pub struct Resources {
     /// CPU time of this process (bench, and the broker when embedded) per wall second.
     pub process_cpu_cores: Option<f64>,
     pub process_cpu_s: Option<f64>,
+    /// Time this process's threads were ready but waited for a CPU, per wall second: on
+    /// a shared machine, what other processes took. Near 0 on a quiet machine.
+    pub process_cpu_wait_cores: Option<f64>,
     /// CPU of the broker alone: its threads when embedded, its process with --server-pid.
     pub broker_cpu_cores: Option<f64>,
     pub broker_cpu_s: Option<f64>,
@@ -248,6 +251,9 @@ impl Report {
         let mut res = Vec::new();
         if let (Some(c), Some(s)) = (r.process_cpu_cores, r.process_cpu_s) {
             res.push(format!("process cpu {c:.2} cores ({s:.2} s)"));
+        }
+        if let Some(w) = r.process_cpu_wait_cores.filter(|w| *w >= 0.05) {
+            res.push(format!("waited for a cpu {w:.2} cores (machine busy)"));
         }
         if let (Some(c), Some(s)) = (r.broker_cpu_cores, r.broker_cpu_s) {
             res.push(format!("broker cpu {c:.2} cores ({s:.2} s)"));

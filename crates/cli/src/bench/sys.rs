@@ -68,6 +68,22 @@ pub fn threads_cpu(prefix: &str) -> Option<CpuTime> {
     Some(sum)
 }
 
+/// Time this process's threads were ready to run but waited for a CPU (the second field
+/// of `/proc/self/task/*/schedstat`): on a shared machine, the CPU other processes took.
+pub fn runqueue_wait() -> Option<Duration> {
+    let mut ns: u64 = 0;
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = entry.ok()?.path();
+        if let Some(wait) = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        {
+            ns += wait;
+        }
+    }
+    Some(Duration::from_nanos(ns))
+}
+
 /// Peak and current resident memory of a process, in bytes.
 pub fn memory(pid: &str) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -100,6 +116,7 @@ mod tests {
     fn this_process_has_figures_on_linux() {
         if std::path::Path::new("/proc/self/stat").exists() {
             assert!(process_cpu("self").is_some());
+            assert!(runqueue_wait().is_some());
             let (peak, now) = memory("self").unwrap();
             assert!(peak >= now && now > 0);
         }

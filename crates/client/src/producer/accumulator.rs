@@ -1,8 +1,10 @@
 //! The record accumulator: per-partition batches, sealed when full or when their linger
-//! expires, with at most one batch in flight per partition so that a partition's records
-//! are appended in the order they were sent.
+//! expires, with at most `inflight_max` batches in flight per partition (1 by default),
+//! handed out in order so that a partition's records are appended in the order they were
+//! sent.
 //!
-//! Pure bookkeeping: no I/O, no clock reads, no async. The producer's sender task calls
+//! Pure bookkeeping: no I/O, no async; the clock is read only through the closure
+//! [`Accumulator::try_append`] is given, and only when a record starts a batch. The producer's sender task calls
 //! [`Accumulator::drain_ready`] with the current time and sends what it returns; this is
 //! what the unit tests below drive directly.
 
@@ -723,14 +725,13 @@ mod tests {
             acc.try_append(to, rec(b"a"), 1, 1, || t0),
             Placed::NeedPartitions(1)
         ));
-        acc.append("t", 2, LANE0, rec(b"a"), 1, 1, t0);
-        // Joins an open batch: no clock read at all.
         let sticky = acc.choose_partition("t", None, None, 2, Partitioning::KeyHash);
         let lane = Lane {
             partition: sticky,
             oneway: false,
         };
         acc.append("t", 2, lane, rec(b"b"), 2, 1, t0);
+        // Joins an open batch: no clock read at all.
         let placed = acc.try_append(to, rec(b"c"), 3, 1, || panic!("clock read"));
         assert!(matches!(placed, Placed::Batched { wake: false }));
         // A new batch with a partition count older than the limit goes the slow way.
@@ -738,7 +739,7 @@ mod tests {
             partition: Some(1 - sticky),
             ..to
         };
-        let placed = acc.try_append(explicit, rec(b"d"), 4, 1, || t0 + HOUR);
+        let placed = acc.try_append(explicit, rec(b"d"), 4, 1, || t0 + 2 * HOUR);
         assert!(matches!(placed, Placed::NeedPartitions(4)));
         let placed = acc.try_append(explicit, rec(b"d"), 4, 1, || t0);
         assert!(matches!(placed, Placed::Batched { wake: true }));

@@ -4,10 +4,18 @@
 //! metadata) → a reservation of `buffer_bytes_max` (waiting here is the back-pressure) →
 //! the [`Accumulator`](accumulator::Accumulator), under one short lock. A sender task
 //! takes batches that are full, whose linger expired, or that a flush sealed, and sends
-//! each as one produce request, at most one in flight per partition (which keeps a
-//! partition's records in send order, retries included). When the response arrives, each
-//! record's completion runs with its offset (base offset + index) and the reservation is
-//! released.
+//! each as one produce request, by default at most one in flight per partition (which
+//! keeps a partition's records in send order, retries included; see
+//! `partition_inflight_batches_max` for pipelining). The sender queues each batch's first
+//! attempt on the connection itself, so pipelined batches leave in order. When the
+//! response arrives, each record's completion runs with its offset (base offset + index)
+//! and the reservation is released.
+//!
+//! The common send takes the fast path (`try_append`): the partition count is known, the
+//! buffer has room, so the record is batched under one lock with one map lookup and no
+//! clock read unless it starts a batch. Anything else (first send to a topic, a partition
+//! count older than `metadata_max_age_ms` when a batch starts, back-pressure) goes the
+//! slow, awaiting path.
 
 mod accumulator;
 
