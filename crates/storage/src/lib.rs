@@ -28,10 +28,11 @@
 //! # Recovery
 //!
 //! [`Log::open`] removes stray files (`*.tmp`, an index without its segment), checks each
-//! sealed segment's index files cheaply (whole entries, monotonic, inside the segment,
-//! last entry pointing at a batch header) and rebuilds damaged or missing ones by scanning
-//! the segment. The active segment is always scanned batch by batch (header, CRC, offsets
-//! contiguous); the first bad batch and everything after it are cut off (`set_len`, fsync).
+//! sealed segment's index files cheaply (checksum, whole entries, monotonic, inside the
+//! segment, last entry pointing at a batch header) and rebuilds damaged or missing ones by
+//! scanning the segment. After a crash the active segment is scanned batch by batch
+//! (header, CRC, offsets contiguous); the first bad batch and everything after it are cut
+//! off (`set_len`, fsync).
 //! A bad batch in a *sealed* segment is reported, not deleted; reads verify every returned
 //! batch's CRC, so such a region reads as [`StorageError::Corrupt`], never as bytes. The
 //! [`RecoveryReport`] lists every repair, and each one is logged with `tracing::warn!`.
