@@ -2,17 +2,17 @@
 //! and consumers far behind while producers write. The server must stay within its
 //! limits, refuse cleanly, and keep serving everyone else.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use weir_proto::{Request, Response, decode_frame, v1};
 
 use crate::harness::{fetch_request, produce, rss_kib, server_pid};
-use crate::support::{RawClient, ServerProcess};
+use crate::support::{KafkaServer, RawClient, ServerProcess};
 
 fn start_with_config(dir: &std::path::Path, toml: &str) -> (ServerProcess, std::path::PathBuf) {
     let config = dir.join("weir.toml");
@@ -121,20 +121,61 @@ fn a_flood_of_connections_beyond_the_limit_is_refused_cleanly() {
     assert!(server.is_running());
 }
 
-/// A client pipelines thousands of 1 MiB fetches and never reads an answer. The server
-/// reads at most `inflight_requests_max` of them, their answers wait in a channel of the
-/// same capacity, and then it stops reading that socket: its memory grows by about
-/// 2 × inflight × 1 MiB, not by thousands of MiB. Other clients are served meanwhile.
-#[test]
-fn a_client_that_never_reads_cannot_grow_the_server_memory() {
-    const INFLIGHT: u64 = 8;
-    const FETCH_MIB: u64 = 1;
-    const REQUESTS: usize = 4000;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (server, data) = start_with_config(
-        dir.path(),
-        &format!("[limits]\ninflight_requests_max = {INFLIGHT}\n"),
+/// What a client that pipelines requests and never reads an answer does to the server's
+/// memory: a thread writes `frame(i)` for i in 0..`requests` on one connection to `addr`
+/// (until the server stops reading and TCP blocks it), the server's RSS is sampled for
+/// 4 s, `still_served` checks meanwhile that another client is served, then the stuck
+/// connection is shut down. Returns the RSS growth over the RSS at the start (MiB) and how
+/// many requests were written.
+fn never_reading_client(
+    pid: u32,
+    addr: SocketAddr,
+    requests: usize,
+    frame: impl Fn(usize) -> Vec<u8> + Send + 'static,
+    still_served: impl FnOnce(),
+) -> (u64, usize) {
+    let rss_before = rss_kib(pid);
+    let mut stuck = TcpStream::connect(addr).expect("connect");
+    let stuck_handle = stuck.try_clone().expect("clone socket");
+    let sent = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let sent = sent.clone();
+        std::thread::spawn(move || {
+            for i in 0..requests {
+                if stuck.write_all(&frame(i)).is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            // Keep the socket open, unread, until the test shuts it down.
+            let _ = stuck.read(&mut [0u8; 1]);
+        })
+    };
+    let mut rss_peak = rss_before;
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        rss_peak = rss_peak.max(rss_kib(pid));
+    }
+    still_served();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(100));
+        rss_peak = rss_peak.max(rss_kib(pid));
+    }
+    let sent_n = sent.load(Ordering::Relaxed);
+    let _ = stuck_handle.shutdown(std::net::Shutdown::Both);
+    let _ = writer.join();
+    let growth_mib = rss_peak.saturating_sub(rss_before) / 1024;
+    eprintln!(
+        "never-reading client: {sent_n} of {requests} requests written; server RSS \
+         {rss_before} KiB -> peak {rss_peak} KiB (+{growth_mib} MiB)"
     );
+    (growth_mib, sent_n)
+}
+
+/// Starts a server with `toml`, writes 16 one-MiB records to `big`/0 and fetches one once
+/// (so the baseline includes what any fetch allocates).
+fn server_with_backlog(dir: &std::path::Path, toml: &str) -> (ServerProcess, u32) {
+    let (server, data) = start_with_config(dir, toml);
     let pid = server_pid(&data);
     let mut c = RawClient::connect(server.addr).expect("connect");
     c.create_topic("big", 1);
@@ -143,69 +184,147 @@ fn a_client_that_never_reads_cannot_grow_the_server_memory() {
         let (st, _) = produce(&mut c, "big", 0, std::slice::from_ref(&mib));
         assert!(st.is_ok(), "{st:?}");
     }
-    // Warm up the read path once, so the baseline includes what any fetch allocates.
-    c.call(&fetch_request("big", 0, 0, (FETCH_MIB << 20) as u32))
+    c.call(&fetch_request("big", 0, 0, 1 << 20))
         .expect("warm-up fetch");
-    let rss_before = rss_kib(pid);
+    (server, pid)
+}
 
-    let mut stuck = RawClient::connect(server.addr).expect("connect");
-    let sent = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (sent, done) = (sent.clone(), done.clone());
-        std::thread::spawn(move || {
-            for i in 0..REQUESTS {
-                // A different offset each time: nothing can be shared between answers.
-                let req = fetch_request("big", 0, (i % 16) as i64, (FETCH_MIB << 20) as u32);
-                if stuck.send(&req).is_err() {
-                    break;
-                }
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
-            done.store(true, Ordering::Relaxed);
-            stuck // keep the socket open, unread, until the test is done with it
-        })
-    };
-    // Let the server take whatever it will take.
-    let mut rss_peak = rss_before;
-    for _ in 0..30 {
-        std::thread::sleep(Duration::from_millis(100));
-        rss_peak = rss_peak.max(rss_kib(pid));
+/// A native fetch of up to 1 MiB from an offset in 0..16 (a different offset each time:
+/// nothing can be shared between answers), as a frame.
+fn native_fetch_frame(i: usize) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    let req = fetch_request("big", 0, (i % 16) as i64, 1 << 20);
+    weir_proto::encode_request(&mut out, i as u32 + 1, &req);
+    out.to_vec()
+}
+
+fn produce_still_served(addr: SocketAddr) -> impl FnOnce() {
+    move || {
+        let mut other = RawClient::connect(addr).expect("connect");
+        let (st, _) = produce(&mut other, "big", 0, &[b"still served".to_vec()]);
+        assert!(st.is_ok(), "{st:?}");
     }
-    // Meanwhile another client is served normally.
-    let mut other = RawClient::connect(server.addr).expect("connect");
-    let (st, _) = produce(&mut other, "big", 0, &[b"still served".to_vec()]);
-    assert!(st.is_ok());
-    for _ in 0..10 {
-        std::thread::sleep(Duration::from_millis(100));
-        rss_peak = rss_peak.max(rss_kib(pid));
-    }
-    let growth_mib = rss_peak.saturating_sub(rss_before) / 1024;
-    let sent_n = sent.load(Ordering::Relaxed);
-    eprintln!(
-        "never-reading client: {sent_n} fetches of {FETCH_MIB} MiB sent (writer {}); server RSS \
-         {rss_before} KiB -> peak {rss_peak} KiB (+{growth_mib} MiB) with inflight_requests_max \
-         = {INFLIGHT}",
-        if done.load(Ordering::Relaxed) {
-            "finished"
-        } else {
-            "blocked by back-pressure"
-        },
+}
+
+/// Runs [`never_reading_client`] with 4,000 pipelined 1 MiB fetches on the native port of
+/// a server configured by `toml`, and checks the growth against `bound_mib`.
+fn native_fetches_never_read(toml: &str, bound_mib: u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, pid) = server_with_backlog(dir.path(), toml);
+    let (growth_mib, sent) = never_reading_client(
+        pid,
+        server.addr,
+        4000,
+        native_fetch_frame,
+        produce_still_served(server.addr),
     );
-    assert!(sent_n > 100, "the client sent too little to prove anything");
-    // The promise: answers in flight plus answers queued, each at most one fetch response,
-    // plus the socket writer's buffer — with room for allocator slack. Unbounded, this
-    // would be `sent_n` MiB.
-    let bound_mib = 4 * (2 * INFLIGHT * FETCH_MIB) + 16;
+    assert_bounded(growth_mib, sent, bound_mib);
+    assert!(server.is_running());
+}
+
+fn assert_bounded(growth_mib: u64, sent: usize, bound_mib: u64) {
+    assert!(sent > 100, "the client sent too little to prove anything");
     assert!(
         growth_mib <= bound_mib,
-        "server memory grew by {growth_mib} MiB for a client that never reads \
-         (bound {bound_mib} MiB, {sent_n} requests sent)"
+        "server memory grew by {growth_mib} MiB (bound {bound_mib} MiB, {sent} requests sent)"
     );
+}
+
+/// A client pipelines thousands of 1 MiB fetches and never reads an answer. With few
+/// requests allowed in flight, the server reads at most `inflight_requests_max` of them,
+/// their answers wait for the writer, and then it stops reading that socket: its memory
+/// grows by about 2 × inflight × 1 MiB (bound: that with room for allocator slack), not
+/// by thousands of MiB.
+#[test]
+fn a_client_that_never_reads_cannot_grow_the_server_memory() {
+    const INFLIGHT: u64 = 8;
+    native_fetches_never_read(
+        &format!("[limits]\ninflight_requests_max = {INFLIGHT}\n"),
+        4 * (2 * INFLIGHT) + 16,
+    );
+}
+
+/// The same with the default 256 requests in flight: the connection's byte budget
+/// (`connection_buffer_bytes_max`, 8 MiB here) bounds it, with the request being read,
+/// the writer's gathering and allocator slack. Without the budget, 256 answers of 1 MiB
+/// in flight and as many queued would be up to 512 MiB.
+#[test]
+fn the_connection_buffer_budget_bounds_a_client_that_never_reads() {
+    native_fetches_never_read(
+        &format!(
+            "[limits]\nconnection_buffer_bytes_max = {}\n",
+            BUDGET_MIB << 20
+        ),
+        4 * BUDGET_MIB + 16,
+    );
+}
+
+/// The per-connection byte budget the budget tests configure.
+const BUDGET_MIB: u64 = 8;
+
+/// A Kafka Fetch v4 request for `topic`/0 from `offset`, up to `max_bytes`, as a frame.
+fn kafka_fetch_frame(correlation_id: i32, topic: &str, offset: i64, max_bytes: i32) -> Vec<u8> {
+    let mut body = BytesMut::new();
+    body.put_i16(1); // api key: Fetch
+    body.put_i16(4);
+    body.put_i32(correlation_id);
+    body.put_i16(-1); // no client id
+    body.put_i32(-1); // replica id: a consumer
+    body.put_i32(0); // max wait
+    body.put_i32(0); // min bytes
+    body.put_i32(max_bytes);
+    body.put_i8(0); // isolation level
+    body.put_i32(1); // topics
+    body.put_i16(topic.len() as i16);
+    body.put_slice(topic.as_bytes());
+    body.put_i32(1); // partitions
+    body.put_i32(0);
+    body.put_i64(offset);
+    body.put_i32(max_bytes);
+    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// The same on the Kafka port, whose answers must go out in request order: pipelined
+/// fetches that are never read are bounded by the same budget.
+#[test]
+fn a_kafka_client_that_never_reads_cannot_grow_the_server_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let budget = (BUDGET_MIB << 20).to_string();
+    let server = KafkaServer::start_env(
+        &dir.path().join("data"),
+        &[("WEIR_LIMITS__CONNECTION_BUFFER_BYTES_MAX", &budget)],
+    );
+    let pid = server.process.pid();
+    let mut c = RawClient::connect(server.process.addr).expect("connect");
+    c.create_topic("big", 1);
+    let mib = vec![b'x'; 1 << 20];
+    for _ in 0..16 {
+        let (st, _) = produce(&mut c, "big", 0, std::slice::from_ref(&mib));
+        assert!(st.is_ok(), "{st:?}");
+    }
+    // Warm up the Kafka read path once.
+    {
+        let mut k = TcpStream::connect(server.kafka_addr).expect("connect");
+        k.write_all(&kafka_fetch_frame(1, "big", 0, 1 << 20))
+            .expect("send");
+        let mut size = [0u8; 4];
+        k.read_exact(&mut size).expect("answer size");
+        let mut answer = vec![0u8; u32::from_be_bytes(size) as usize];
+        k.read_exact(&mut answer).expect("answer");
+        assert!(answer.len() > 1 << 20, "the warm-up fetch returned records");
+    }
+    let (growth_mib, sent) = never_reading_client(
+        pid,
+        server.kafka_addr,
+        4000,
+        |i| kafka_fetch_frame(i as i32 + 2, "big", (i % 16) as i64, 1 << 20),
+        produce_still_served(server.process.addr),
+    );
+    assert_bounded(growth_mib, sent, 4 * BUDGET_MIB + 16);
     let mut server = server;
-    assert!(server.is_running());
-    drop(server); // kills the server, which unblocks the writer thread
-    let _ = writer.join();
+    assert!(server.process.is_running());
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -6,35 +6,38 @@
 //!
 //! - the reader (this task) splits and decodes frames; each request that expects an answer
 //!   gets the next sequence number and a permit (at most `inflight_requests_max` requests
-//!   are unanswered; beyond that the reader stops reading), then goes to the dispatcher. A
-//!   bad frame or request ends the reader: the connection is closed after the requests
-//!   before it are answered.
+//!   are unanswered; beyond that the reader stops reading), then reserves its bytes (and a
+//!   fetch the bytes it may answer with) from the connection's [`ByteBudget`]
+//!   (`connection_buffer_bytes_max`; the reader waits while it is spent), then goes to the
+//!   dispatcher. A bad frame or request ends the reader: the connection is closed after
+//!   the requests before it are answered.
 //! - the dispatcher starts requests in arrival order: produce requests are appended to
 //!   the log right there, one after the other (so a connection's batches reach each
 //!   partition in the order sent, like the native listener's `append_loop`); the wait for
 //!   durability, and every other request, runs in its own task.
 //! - the writer receives answers as they are ready, with their sequence numbers, keeps
 //!   the early ones aside, and writes them in sequence, gathering whatever is ready into
-//!   one flush. A permit is released only once its answer is written, so the answers kept
-//!   aside are bounded too: a client that does not read its responses stops being read.
+//!   one flush. A permit and a reservation are released only once their answer is written,
+//!   so the answers kept aside are bounded too: a client that does not read its responses
+//!   stops being read. Reservations are taken in request order and answers are written in
+//!   request order, so the reader's wait always ends once the earlier answers are out.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weir_broker::Broker;
+use weir_net::{ByteBudget, READ_CHUNK_BYTES, Reservation};
 
 use crate::codec::{self, Decoded, Header, Request};
 use crate::{KafkaConfig, handler, produce, versions};
 
-/// Bytes read from a socket at a time when no frame announces more.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Bytes the writer gathers before it flushes the socket.
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
@@ -58,6 +61,8 @@ struct Answer {
     reply: Reply,
     /// Released once the answer is written.
     _permit: OwnedSemaphorePermit,
+    /// Returned to the connection's budget once the answer is written.
+    _reservation: Option<Reservation>,
 }
 
 /// Where one request's answer goes. Dropped without an answer (a task that panicked), it
@@ -66,6 +71,7 @@ struct Responder {
     seq: u64,
     tx: mpsc::UnboundedSender<Answer>,
     permit: Option<OwnedSemaphorePermit>,
+    reservation: Option<Reservation>,
 }
 
 impl Responder {
@@ -80,6 +86,7 @@ impl Responder {
                 seq: self.seq,
                 reply,
                 _permit: permit,
+                _reservation: self.reservation.take(),
             });
         }
     }
@@ -97,6 +104,9 @@ struct Work {
     request: Request,
     /// Where the answer goes; `None` for a produce with acks=0, which is not answered.
     reply: Option<Responder>,
+    /// This request's share of the budget when nobody is answered (acks=0); otherwise the
+    /// responder holds it.
+    reservation: Option<Reservation>,
 }
 
 /// Accepts connections until `stop` is cancelled. Each runs on `connections`.
@@ -105,36 +115,17 @@ pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     connections: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.config.connections_max as usize));
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            () = shared.stop.cancelled() => return,
-        };
-        let (socket, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and similar: back off instead of spinning.
-                tracing::warn!(error = %e, "kafka accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = socket.set_nodelay(true);
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            // Kafka has no frame to say why; the client sees the close and backs off.
-            tracing::warn!(%peer, max = shared.config.connections_max, "refusing kafka connection: too many");
-            drop(socket);
-            continue;
-        };
-        let shared = shared.clone();
-        connections.spawn(async move {
-            tracing::debug!(%peer, "kafka connection opened");
-            serve(socket, peer, shared).await;
-            tracing::debug!(%peer, "kafka connection closed");
-            drop(permit);
-        });
-    }
+    let serving = shared.clone();
+    weir_net::accept_loop(
+        listener,
+        shared.stop.clone(),
+        shared.config.connections_max,
+        connections,
+        move |socket, peer| serve(socket, peer, serving.clone()),
+        // Kafka has no frame to say why; the client sees the close and backs off.
+        |socket, _| async move { drop(socket) },
+    )
+    .await;
 }
 
 /// Serves one connection until the peer closes it, sends a bad request, or shutdown.
@@ -144,6 +135,7 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     // Unbounded, but every answer holds one of `inflight_max` permits.
     let (answer_tx, answer_rx) = mpsc::unbounded_channel::<Answer>();
     let inflight = Arc::new(Semaphore::new(inflight_max));
+    let budget = ByteBudget::new(shared.config.connection_buffer_bytes_max);
     let mut next_seq = 0u64;
     let writer = tokio::spawn(write_loop(wr, answer_rx, peer));
     let requests = TaskTracker::new();
@@ -165,6 +157,7 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                     break 'conn;
                 }
             };
+            let frame_bytes = frame.len();
             let (header, request) = match codec::decode(frame) {
                 Ok(Decoded::Request(h, r)) => (h, *r),
                 Ok(Decoded::ApiVersionsTooNew(h)) => {
@@ -185,6 +178,7 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                         seq: next_seq,
                         tx: answer_tx.clone(),
                         permit: Some(permit),
+                        reservation: None,
                     };
                     next_seq += 1;
                     responder.send(reply);
@@ -195,42 +189,46 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                     break 'conn;
                 }
             };
-            let reply = if produce::expects_reply(&request) {
+            let permit = if produce::expects_reply(&request) {
                 let Ok(permit) = inflight.clone().acquire_owned().await else {
                     break 'conn;
                 };
-                let responder = Responder {
-                    seq: next_seq,
-                    tx: answer_tx.clone(),
-                    permit: Some(permit),
-                };
-                next_seq += 1;
-                Some(responder)
+                Some(permit)
             } else {
                 None
+            };
+            let answer_bytes = match &request {
+                Request::Fetch(f) => u32::try_from(f.max_bytes)
+                    .unwrap_or(0)
+                    .clamp(1, shared.broker.config().fetch_bytes_max),
+                _ => 0,
+            };
+            let reservation = budget.reserve(frame_bytes + answer_bytes as usize).await;
+            let (reply, reservation) = match permit {
+                Some(permit) => {
+                    let responder = Responder {
+                        seq: next_seq,
+                        tx: answer_tx.clone(),
+                        permit: Some(permit),
+                        reservation: Some(reservation),
+                    };
+                    next_seq += 1;
+                    (Some(responder), None)
+                }
+                None => (None, Some(reservation)),
             };
             let work = Work {
                 header,
                 request,
                 reply,
+                reservation,
             };
             if work_tx.send(work).await.is_err() {
                 break 'conn;
             }
         }
-        if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
-            buf.reserve(READ_CHUNK_BYTES);
-        }
-        tokio::select! {
-            r = rd.read_buf(&mut buf) => match r {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "kafka read failed");
-                    break;
-                }
-            },
-            () = shared.stop.cancelled() => break,
+        if !weir_net::read_more(&mut rd, &mut buf, &shared.stop, peer).await {
+            break;
         }
     }
     // Answer what was asked before closing.
@@ -254,10 +252,13 @@ async fn dispatch_loop(
             header,
             request,
             reply,
+            reservation,
         } = work;
         match request {
             Request::Produce(r) => {
                 let started = produce::start(&shared, r).await;
+                // Unanswered (acks=0): the records are in the log, the bytes are free.
+                drop(reservation);
                 requests.spawn(async move {
                     let answer = produce::finish(&header, started).await;
                     if let Some(reply) = reply {

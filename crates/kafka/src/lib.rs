@@ -59,6 +59,10 @@ pub struct KafkaConfig {
     /// Most requests read from one connection and not yet answered; the listener stops
     /// reading that connection until answers are written.
     pub inflight_requests_max: u32,
+    /// Most bytes one connection holds in requests being served and answers not yet
+    /// written (a fetch counts the bytes it may answer with); the listener stops reading
+    /// that connection until answers go out.
+    pub connection_buffer_bytes_max: u32,
     /// Whether a metadata request that names an unknown topic creates it (with the
     /// broker's default partition count), as Kafka's `auto.create.topics.enable` does.
     pub auto_create_topics: bool,
@@ -75,6 +79,7 @@ impl KafkaConfig {
             frame_bytes_max: 16 * 1024 * 1024,
             connections_max: 1024,
             inflight_requests_max: 256,
+            connection_buffer_bytes_max: 64 * 1024 * 1024,
             auto_create_topics: true,
         }
     }
@@ -123,4 +128,20 @@ impl KafkaListener {
         });
         conn::accept_loop(self.listener, shared, connections).await;
     }
+}
+
+/// Splits `bytes` into request frames and decodes each the way a connection does, until
+/// the bytes run out or a frame would close the connection; returns how many decoded.
+/// The entry point for fuzzing the request decoders: no input may panic it.
+#[doc(hidden)]
+pub fn decode_requests(bytes: &[u8], frame_bytes_max: u32) -> usize {
+    let mut buf = bytes::BytesMut::from(bytes);
+    let mut decoded = 0;
+    while let Ok(Some(frame)) = codec::split_frame(&mut buf, frame_bytes_max) {
+        if codec::decode(frame).is_err() {
+            break;
+        }
+        decoded += 1;
+    }
+    decoded
 }

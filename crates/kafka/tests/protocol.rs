@@ -534,49 +534,47 @@ async fn acks_zero_gets_no_answer_and_answers_keep_request_order() {
     assert_eq!(got[0].2, "fire");
 }
 
+/// The error code of an ApiVersions v3 call on `c`: 0 while the connection is served.
+async fn api_versions_error(c: &mut Client) -> i16 {
+    c.call(3, &ApiVersionsRequest::default()).await.error_code
+}
+
+/// Sends, on a new connection, a request header for `api` at `version` (correlation id 1,
+/// no client id) followed by `rest`; whether the server then closed that connection.
+async fn closes_after(addr: SocketAddr, api: ApiKey, version: i16, rest: &[u8]) -> bool {
+    let mut c = Client::connect(addr).await;
+    let mut raw = BytesMut::new();
+    raw.put_i16(api as i16);
+    raw.put_i16(version);
+    raw.put_i32(1);
+    raw.put_i16(-1);
+    raw.put_slice(rest);
+    c.send_raw(&raw).await;
+    c.is_closed().await
+}
+
 #[tokio::test]
 async fn bad_requests_close_only_their_connection() {
     let server = Server::start().await;
     let mut healthy = Client::connect(server.addr).await;
-    assert_eq!(
-        healthy
-            .call(3, &ApiVersionsRequest::default())
-            .await
-            .error_code,
-        0
+    assert_eq!(api_versions_error(&mut healthy).await, 0);
+
+    // A metadata v1 body cut short: five topics announced, none follow.
+    let five = 5i32.to_be_bytes();
+    assert!(
+        closes_after(server.addr, ApiKey::Metadata, 1, &five).await,
+        "malformed body"
     );
-
-    // A metadata v1 body cut short.
-    let mut c = Client::connect(server.addr).await;
-    let mut raw = BytesMut::new();
-    raw.put_i16(ApiKey::Metadata as i16);
-    raw.put_i16(1);
-    raw.put_i32(1);
-    raw.put_i16(-1);
-    raw.put_i32(5); // five topics announced, none follow
-    c.send_raw(&raw).await;
-    assert!(c.is_closed().await, "malformed body");
-
     // An API that is not offered.
-    let mut c = Client::connect(server.addr).await;
-    let mut raw = BytesMut::new();
-    raw.put_i16(ApiKey::SaslHandshake as i16);
-    raw.put_i16(1);
-    raw.put_i32(1);
-    raw.put_i16(-1);
-    c.send_raw(&raw).await;
-    assert!(c.is_closed().await, "unsupported api");
-
+    assert!(
+        closes_after(server.addr, ApiKey::SaslHandshake, 1, &[]).await,
+        "unsupported api"
+    );
     // A version outside the announced range (Produce v2 predates record batch v2).
-    let mut c = Client::connect(server.addr).await;
-    let mut raw = BytesMut::new();
-    raw.put_i16(ApiKey::Produce as i16);
-    raw.put_i16(2);
-    raw.put_i32(1);
-    raw.put_i16(-1);
-    raw.put_slice(&[0; 16]);
-    c.send_raw(&raw).await;
-    assert!(c.is_closed().await, "unsupported version");
+    assert!(
+        closes_after(server.addr, ApiKey::Produce, 2, &[0; 16]).await,
+        "unsupported version"
+    );
 
     // A frame above frame_bytes_max (1 MiB here), and a negative size.
     let mut c = Client::connect(server.addr).await;
@@ -592,13 +590,31 @@ async fn bad_requests_close_only_their_connection() {
         .expect("write");
     assert!(c.is_closed().await, "negative size");
 
-    assert_eq!(
-        healthy
-            .call(3, &ApiVersionsRequest::default())
-            .await
-            .error_code,
-        0
+    assert_eq!(api_versions_error(&mut healthy).await, 0);
+}
+
+/// Found by fuzzing (`kafka_request`): a 16-byte Metadata request announcing 771,751,952
+/// topics made the decoder reserve tens of GiB and abort the whole process. Array counts
+/// above the bytes left are now refused (third_party/kafka-protocol, ADR 0004), which
+/// closes that connection only.
+#[tokio::test]
+async fn fuzz_found_huge_array_counts_are_refused_before_allocating() {
+    let server = Server::start().await;
+    // Metadata v0, the fuzzer's input: a classic array count of 0x2e000010.
+    let classic = [0x2e, 0x00, 0x00, 0x10];
+    assert!(
+        closes_after(server.addr, ApiKey::Metadata, 0, &classic).await,
+        "classic count"
     );
+    // Metadata v12 (flexible): no tagged header fields, then a compact count of 2^32 - 2.
+    let compact = [0x00, 0xff, 0xff, 0xff, 0xff, 0x0f];
+    assert!(
+        closes_after(server.addr, ApiKey::Metadata, 12, &compact).await,
+        "compact count"
+    );
+    // The server is still there for everyone else.
+    let mut healthy = Client::connect(server.addr).await;
+    assert_eq!(api_versions_error(&mut healthy).await, 0);
 }
 
 #[tokio::test]

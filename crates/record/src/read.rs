@@ -155,8 +155,12 @@ impl<'a> RecordIter<'a> {
                 "record length disagrees with its fields",
             ));
         }
+        let offset = self
+            .base_offset
+            .checked_add(i64::from(off_delta))
+            .ok_or(RecordError::Invalid("record offset overflows"))?;
         Ok(RecordView {
-            offset: self.base_offset + i64::from(off_delta),
+            offset,
             timestamp_ms: self.base_timestamp.wrapping_add(ts_delta),
             key,
             value,

@@ -15,6 +15,8 @@ use weir_storage::{FsyncPolicy, LogConfig};
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
 /// Headroom a frame needs beyond the largest batch: the protobuf fields around it.
 const FRAME_OVERHEAD_BYTES: u32 = 64 * 1024;
+/// Smallest per-connection buffer budget: room for a few small requests and answers.
+const CONNECTION_BUFFER_BYTES_MIN: u64 = 64 * 1024;
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,11 @@ pub struct Limits {
     pub connections_max: u32,
     /// Most unanswered requests per connection; more get TOO_MANY_INFLIGHT_REQUESTS.
     pub inflight_requests_max: u32,
+    /// Most bytes one connection holds in requests being served and answers not yet
+    /// written (a fetch counts the bytes it may answer with); when they are spent the
+    /// server stops reading that connection until answers go out. Applies to the Kafka
+    /// listener too.
+    pub connection_buffer_bytes_max: u32,
     /// Longest a fetch may wait for data.
     pub fetch_wait_ms_max: u32,
     /// Most record bytes in one fetch response.
@@ -72,6 +79,7 @@ impl Default for Limits {
             frame_bytes_max: 16 * 1024 * 1024,
             connections_max: 1024,
             inflight_requests_max: 256,
+            connection_buffer_bytes_max: 64 * 1024 * 1024,
             fetch_wait_ms_max: 30_000,
             fetch_bytes_max: 16 * 1024 * 1024,
             fetch_partitions_max: 4096,
@@ -230,7 +238,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let l = &self.limits;
-        let ranges: [(&str, u64, u64, u64); 7] = [
+        let ranges: [(&str, u64, u64, u64); 8] = [
+            (
+                "limits.connection_buffer_bytes_max",
+                l.connection_buffer_bytes_max.into(),
+                CONNECTION_BUFFER_BYTES_MIN,
+                u32::MAX.into(),
+            ),
             (
                 "limits.connections_max",
                 l.connections_max.into(),
@@ -437,6 +451,10 @@ mod tests {
             ("[limits]\nconnections_max = 0\n", "connections_max"),
             ("[topic_defaults]\nfsync = \"sometimes\"\n", "fsync"),
             ("[limits]\nframe_bytes_max = 10\n", "frame_bytes_max"),
+            (
+                "[limits]\nconnection_buffer_bytes_max = 100\n",
+                "connection_buffer_bytes_max",
+            ),
         ] {
             std::fs::write(&path, text).expect("write");
             let e = Config::load(Some(&path)).expect_err(text).to_string();

@@ -196,6 +196,7 @@ impl Server {
         k.frame_bytes_max = c.limits.frame_bytes_max;
         k.connections_max = c.limits.connections_max;
         k.inflight_requests_max = c.limits.inflight_requests_max;
+        k.connection_buffer_bytes_max = c.limits.connection_buffer_bytes_max;
         k.auto_create_topics = c.kafka_auto_create_topics;
         k
     }

@@ -2,9 +2,11 @@
 //!
 //! Each connection has one reader (this task) and one writer task. The reader decodes
 //! frames and spawns one task per request, so requests run concurrently and answer in
-//! any order; a semaphore caps how many are unanswered. Responses reach the writer
-//! through a bounded channel: a client that does not read its responses stalls its own
-//! request tasks, then its reader, then its socket — never the server's memory.
+//! any order; a semaphore caps how many are unanswered. Every request reserves its bytes
+//! (and a fetch the bytes it may answer with) from the connection's [`ByteBudget`]
+//! (`limits.connection_buffer_bytes_max`) before it is served, and returns them once its
+//! answer is written: a client that does not read its responses stalls its own reader,
+//! then its socket — never the server's memory.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,20 +14,19 @@ use std::sync::Arc;
 use std::io::IoSlice;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weir_broker::Broker;
+use weir_net::{ByteBudget, READ_CHUNK_BYTES, Reservation};
 use weir_proto::v1::{self, ErrorCode};
 use weir_proto::{BodyError, FrameError, FrameParts, Request, Response, WriteQueue, decode_frame};
 
 use crate::config::Limits;
 use crate::handler;
 
-/// Bytes read from a socket at a time when no frame announces more.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Bytes the writer gathers from ready responses before it writes them.
 const WRITE_GATHER_BYTES_MAX: usize = 256 * 1024;
 /// Buffers one vectored write hands to the kernel at most (Linux allows 1024).
@@ -49,38 +50,17 @@ pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     connections: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.limits.connections_max as usize));
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            () = shared.stop.cancelled() => return,
-        };
-        let (socket, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and similar: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = socket.set_nodelay(true);
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let shared = shared.clone();
-                connections.spawn(async move {
-                    tracing::debug!(%peer, "connection opened");
-                    serve(socket, peer, shared).await;
-                    tracing::debug!(%peer, "connection closed");
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                tracing::warn!(%peer, max = shared.limits.connections_max, "refusing connection: too many");
-                connections.spawn(refuse(socket, shared.limits.connections_max));
-            }
-        }
-    }
+    let max = shared.limits.connections_max;
+    let serving = shared.clone();
+    weir_net::accept_loop(
+        listener,
+        shared.stop.clone(),
+        max,
+        connections,
+        move |socket, peer| serve(socket, peer, serving.clone()),
+        move |socket, _| refuse(socket, max),
+    )
+    .await;
 }
 
 async fn refuse(mut socket: TcpStream, max: u32) {
@@ -101,11 +81,15 @@ fn error_frame(correlation_id: u32, code: ErrorCode, message: impl Into<String>)
     out
 }
 
+/// An answer on its way to the writer, with the budget its request reserved.
+type Outgoing = (FrameParts, Option<Reservation>);
+
 /// Serves one connection until the peer closes it, sends a bad frame, or shutdown.
 async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let (mut rd, wr) = socket.into_split();
     let inflight_max = shared.limits.inflight_requests_max as usize;
-    let (out_tx, out_rx) = mpsc::channel::<FrameParts>(inflight_max);
+    let budget = ByteBudget::new(shared.limits.connection_buffer_bytes_max);
+    let (out_tx, out_rx) = mpsc::channel::<Outgoing>(inflight_max);
     let writer = tokio::spawn(write_loop(wr, out_rx));
     let inflight = Arc::new(Semaphore::new(inflight_max));
     let requests = TaskTracker::new();
@@ -132,11 +116,7 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             let id = frame.header.correlation_id;
             let Ok(permit) = inflight.clone().try_acquire_owned() else {
                 let msg = format!("more than {inflight_max} requests in flight");
-                if out_tx
-                    .send(error_frame(id, ErrorCode::TooManyInflightRequests, msg).into())
-                    .await
-                    .is_err()
-                {
+                if !send_error(&out_tx, id, ErrorCode::TooManyInflightRequests, msg).await {
                     break 'conn;
                 }
                 continue;
@@ -150,19 +130,23 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                         _ => ErrorCode::MalformedRequest,
                     };
                     tracing::debug!(%peer, error = %e, "undecodable request");
-                    if out_tx
-                        .send(error_frame(id, code, e.to_string()).into())
-                        .await
-                        .is_err()
-                    {
+                    if !send_error(&out_tx, id, code, e.to_string()).await {
                         break 'conn;
                     }
                     continue;
                 }
             };
+            // Until this request's bytes (and its answer's, for a fetch) fit in the
+            // budget, nothing more is read from this connection.
+            let answer_bytes = match &request {
+                Request::Fetch(f) => f.max_bytes.clamp(1, shared.limits.fetch_bytes_max),
+                _ => 0,
+            };
+            let held = frame.body.len() + answer_bytes as usize;
+            let reservation = budget.reserve(held).await;
             let request = match request {
                 Request::Produce(r) => {
-                    if append_tx.send((id, r, permit)).await.is_err() {
+                    if append_tx.send((id, r, permit, reservation)).await.is_err() {
                         break 'conn;
                     }
                     continue;
@@ -173,23 +157,12 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             let out_tx = out_tx.clone();
             requests.spawn(async move {
                 let response = handler::handle(&shared, peer, request).await;
-                respond(id, response, &out_tx).await;
+                respond(id, response, &out_tx, reservation).await;
                 drop(permit);
             });
         }
-        if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
-            buf.reserve(READ_CHUNK_BYTES);
-        }
-        tokio::select! {
-            r = rd.read_buf(&mut buf) => match r {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "read failed");
-                    break;
-                }
-            },
-            () = shared.stop.cancelled() => break,
+        if !weir_net::read_more(&mut rd, &mut buf, &shared.stop, peer).await {
+            break;
         }
     }
     // Finish what was asked before closing: acknowledged work is answered.
@@ -201,28 +174,46 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = writer.await;
 }
 
-/// Encodes and queues a response, if there is one. Record batches of a fetch are not
+/// Queues an error answer; false when the writer is gone (the connection is closing).
+async fn send_error(
+    out: &mpsc::Sender<Outgoing>,
+    id: u32,
+    code: ErrorCode,
+    message: String,
+) -> bool {
+    out.send((error_frame(id, code, message).into(), None))
+        .await
+        .is_ok()
+}
+
+/// Encodes and queues a response, if there is one, with the request's reservation, which
+/// the writer returns once the answer is written. Record batches of a fetch are not
 /// copied: they reach the socket from the buffer the log read them into.
-async fn respond(id: u32, response: Option<Response>, out: &mpsc::Sender<FrameParts>) {
+async fn respond(
+    id: u32,
+    response: Option<Response>,
+    out: &mpsc::Sender<Outgoing>,
+    reservation: Reservation,
+) {
     if let Some(response) = response {
         let frame = weir_proto::encode_response_parts(id, &response);
         // The writer is gone only when the connection is: nobody left to tell.
-        let _ = out.send(frame).await;
+        let _ = out.send((frame, Some(reservation))).await;
     }
 }
 
-type PendingProduce = (u32, v1::ProduceRequest, OwnedSemaphorePermit);
+type PendingProduce = (u32, v1::ProduceRequest, OwnedSemaphorePermit, Reservation);
 
 async fn append_loop(
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<PendingProduce>,
-    out: mpsc::Sender<FrameParts>,
+    out: mpsc::Sender<Outgoing>,
     requests: TaskTracker,
 ) {
-    while let Some((id, request, permit)) = rx.recv().await {
+    while let Some((id, request, permit, reservation)) = rx.recv().await {
         match handler::start_produce(&shared, request).await {
             handler::ProduceStart::Done(response) => {
-                respond(id, response, &out).await;
+                respond(id, response, &out, reservation).await;
                 drop(permit);
             }
             handler::ProduceStart::Appended {
@@ -233,7 +224,7 @@ async fn append_loop(
                 let out = out.clone();
                 requests.spawn(async move {
                     let response = handler::finish_produce(appended, acks, timeout_ms).await;
-                    respond(id, response, &out).await;
+                    respond(id, response, &out, reservation).await;
                     drop(permit);
                 });
             }
@@ -242,35 +233,34 @@ async fn append_loop(
 }
 
 /// Answers a frame that cannot be read, when there is someone to answer.
-async fn reject_frame(
-    buf: &[u8],
-    e: &FrameError,
-    out: &mpsc::Sender<FrameParts>,
-    peer: SocketAddr,
-) {
+async fn reject_frame(buf: &[u8], e: &FrameError, out: &mpsc::Sender<Outgoing>, peer: SocketAddr) {
     tracing::debug!(%peer, error = %e, "closing connection after a bad frame");
     if let FrameError::TooLarge { .. } = e {
         // The header was ours (magic matched), so the peer can match the answer.
         let id = buf
             .get(4..8)
             .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-        let _ = out
-            .send(error_frame(id, ErrorCode::FrameTooLarge, e.to_string()).into())
-            .await;
+        send_error(out, id, ErrorCode::FrameTooLarge, e.to_string()).await;
     }
 }
 
 /// Writes responses as they become ready: whatever is queued when the socket can take
-/// more leaves in one vectored write, without being copied into a buffer first.
-async fn write_loop(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<FrameParts>) {
+/// more leaves in one vectored write, without being copied into a buffer first. The
+/// reservations of the answers in a write are returned once all of it is written.
+async fn write_loop(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) {
     let mut queue = WriteQueue::new();
-    while let Some(frame) = rx.recv().await {
+    let mut written: Vec<Reservation> = Vec::new();
+    while let Some((frame, reservation)) = rx.recv().await {
         queue.push(frame);
+        written.extend(reservation);
         while !queue.is_empty() {
             // Gather whatever else is ready into the same write.
             while queue.len() < WRITE_GATHER_BYTES_MAX {
                 match rx.try_recv() {
-                    Ok(frame) => queue.push(frame),
+                    Ok((frame, reservation)) => {
+                        queue.push(frame);
+                        written.extend(reservation);
+                    }
                     Err(_) => break,
                 }
             }
@@ -278,9 +268,10 @@ async fn write_loop(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Recei
             let n = queue.io_slices(&mut slices);
             match wr.write_vectored(&slices[..n]).await {
                 Ok(0) | Err(_) => return,
-                Ok(written) => queue.advance(written),
+                Ok(done) => queue.advance(done),
             }
         }
+        written.clear();
     }
     let _ = wr.shutdown().await;
 }
