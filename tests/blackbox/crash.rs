@@ -23,7 +23,7 @@ const PARTITIONS: u32 = 3;
 /// Produce requests each producer keeps unanswered, so several share one fsync.
 const WINDOW: usize = 8;
 /// Kills in the CI run (`WEIR_CRASH_ROUNDS` overrides).
-const CI_ROUNDS: usize = 10;
+const CI_ROUNDS: usize = 20;
 
 /// What one producer had acknowledged: (offset, seq) for each acked record.
 pub type Acked = Vec<(i64, u64)>;
