@@ -9,7 +9,10 @@ use bytes::BytesMut;
 use rand::{Rng, RngCore};
 use weir_proto::{FrameHeader, Request, Response, decode_frame, v1};
 
-use crate::support::{RawClient, ServerProcess, batch_of};
+use crate::harness::rss_kib;
+use crate::support::{
+    KafkaServer, RawClient, ServerProcess, batch_of, kafka_fetch_v4, kafka_frame,
+};
 
 fn produce_one(c: &mut RawClient, topic: &str, value: &[u8]) -> i64 {
     let resp = c
@@ -72,6 +75,75 @@ fn random_bytes_close_that_connection_only() {
     assert_eq!(produce_one(&mut good, "t", b"after"), 1);
     let values: Vec<_> = good.read_all("t", 0).into_iter().map(|(_, v)| v).collect();
     assert_eq!(values, vec![b"before".to_vec(), b"after".to_vec()]);
+}
+
+/// Valid Kafka requests with random damage — bytes flipped, a four-byte window set to a
+/// huge count, the body cut short — and plain noise, each on its own connection to the
+/// Kafka port. Each connection is answered or closed; the server keeps serving, and its
+/// memory stays near where it started (a count taken at face value would ask for GiBs:
+/// that is how fuzzing found ADR 0004's bug).
+#[test]
+fn mutated_kafka_requests_close_only_their_connection() {
+    const ROUNDS: usize = 400;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A damaged fetch may ask to wait long for data; the connection closes once it is
+    // answered, so keep that wait short.
+    let mut server = KafkaServer::start_env(
+        &dir.path().join("data"),
+        &[("WEIR_LIMITS__FETCH_WAIT_MS_MAX", "500")],
+    );
+    let mut good = RawClient::connect(server.process.addr).expect("connect");
+    good.create_topic("t", 1);
+    assert_eq!(produce_one(&mut good, "t", b"before"), 0);
+    let rss_before = rss_kib(server.process.pid());
+
+    let mut metadata_v1 = 1i32.to_be_bytes().to_vec();
+    metadata_v1.extend_from_slice(&1i16.to_be_bytes());
+    metadata_v1.push(b't');
+    let valid = [
+        kafka_frame(18, 0, 1, &[]),                            // ApiVersions v0
+        kafka_frame(3, 1, 2, &metadata_v1),                    // Metadata v1, topic "t"
+        kafka_frame(1, 4, 3, &kafka_fetch_v4("t", 0, 65_536)), // Fetch v4
+    ];
+    let mut rng = rand::rng();
+    for round in 0..ROUNDS {
+        let mut bytes = valid[round % valid.len()].clone();
+        // The size prefix stays true to the bytes sent, so damage reaches the decoders.
+        match round % 4 {
+            0 => {
+                for _ in 0..rng.random_range(1..4) {
+                    let at = rng.random_range(4..bytes.len());
+                    bytes[at] = rng.random();
+                }
+            }
+            1 => {
+                let at = rng.random_range(4..bytes.len().saturating_sub(4).max(5));
+                let end = (at + 4).min(bytes.len());
+                bytes[at..end].copy_from_slice(&[0x7f, 0xff, 0xff, 0xf0][..end - at]);
+            }
+            2 => {
+                bytes.truncate(rng.random_range(8..bytes.len()));
+                let size = (bytes.len() - 4) as i32;
+                bytes[..4].copy_from_slice(&size.to_be_bytes());
+            }
+            _ => {
+                bytes = vec![0u8; rng.random_range(1..256)];
+                rng.fill_bytes(&mut bytes);
+            }
+        }
+        let mut s = TcpStream::connect(server.kafka_addr).expect("connect");
+        let _ = s.write_all(&bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        expect_closed(&mut s);
+    }
+    assert!(server.process.is_running(), "the server survived");
+    let rss_after = rss_kib(server.process.pid());
+    eprintln!("{ROUNDS} damaged Kafka requests: server RSS {rss_before} KiB -> {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "server memory grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    assert_eq!(produce_one(&mut good, "t", b"after"), 1);
 }
 
 #[test]

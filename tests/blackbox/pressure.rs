@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use weir_proto::{Request, Response, decode_frame, v1};
 
 use crate::harness::{fetch_request, produce, rss_kib, server_pid};
-use crate::support::{KafkaServer, RawClient, ServerProcess};
+use crate::support::{KafkaServer, RawClient, ServerProcess, kafka_fetch_v4, kafka_frame};
 
 fn start_with_config(dir: &std::path::Path, toml: &str) -> (ServerProcess, std::path::PathBuf) {
     let config = dir.join("weir.toml");
@@ -262,28 +262,14 @@ fn the_connection_buffer_budget_bounds_a_client_that_never_reads() {
 /// The per-connection byte budget the budget tests configure.
 const BUDGET_MIB: u64 = 8;
 
-/// A Kafka Fetch v4 request for `topic`/0 from `offset`, up to `max_bytes`, as a frame.
-fn kafka_fetch_frame(correlation_id: i32, topic: &str, offset: i64, max_bytes: i32) -> Vec<u8> {
-    let mut body = BytesMut::new();
-    body.put_i16(1); // api key: Fetch
-    body.put_i16(4);
-    body.put_i32(correlation_id);
-    body.put_i16(-1); // no client id
-    body.put_i32(-1); // replica id: a consumer
-    body.put_i32(0); // max wait
-    body.put_i32(0); // min bytes
-    body.put_i32(max_bytes);
-    body.put_i8(0); // isolation level
-    body.put_i32(1); // topics
-    body.put_i16(topic.len() as i16);
-    body.put_slice(topic.as_bytes());
-    body.put_i32(1); // partitions
-    body.put_i32(0);
-    body.put_i64(offset);
-    body.put_i32(max_bytes);
-    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    frame
+/// A Kafka Fetch v4 request for `big`/0 from `offset`, up to 1 MiB, as a frame.
+fn kafka_fetch_frame(correlation_id: i32, offset: i64) -> Vec<u8> {
+    kafka_frame(
+        1,
+        4,
+        correlation_id,
+        &kafka_fetch_v4("big", offset, 1 << 20),
+    )
 }
 
 /// The same on the Kafka port, whose answers must go out in request order: pipelined
@@ -307,8 +293,7 @@ fn a_kafka_client_that_never_reads_cannot_grow_the_server_memory() {
     // Warm up the Kafka read path once.
     {
         let mut k = TcpStream::connect(server.kafka_addr).expect("connect");
-        k.write_all(&kafka_fetch_frame(1, "big", 0, 1 << 20))
-            .expect("send");
+        k.write_all(&kafka_fetch_frame(1, 0)).expect("send");
         let mut size = [0u8; 4];
         k.read_exact(&mut size).expect("answer size");
         let mut answer = vec![0u8; u32::from_be_bytes(size) as usize];
@@ -319,7 +304,7 @@ fn a_kafka_client_that_never_reads_cannot_grow_the_server_memory() {
         pid,
         server.kafka_addr,
         4000,
-        |i| kafka_fetch_frame(i as i32 + 2, "big", (i % 16) as i64, 1 << 20),
+        |i| kafka_fetch_frame(i as i32 + 2, (i % 16) as i64),
         produce_still_served(server.process.addr),
     );
     assert_bounded(growth_mib, sent, 4 * BUDGET_MIB + 16);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use weir_proto::{Request, Response, decode_frame, encode_request, v1};
 
 /// Longest a server may take to start in a test.
@@ -333,4 +333,35 @@ impl KafkaServer {
             kafka_addr: kafka.parse().expect("kafka address"),
         }
     }
+}
+
+/// A Kafka request frame: the size prefix, a v1 request header (api key, version,
+/// correlation id, no client id), then `body`.
+pub fn kafka_frame(api_key: i16, version: i16, correlation_id: i32, body: &[u8]) -> Vec<u8> {
+    let mut frame = BytesMut::new();
+    frame.put_i32((10 + body.len()) as i32);
+    frame.put_i16(api_key);
+    frame.put_i16(version);
+    frame.put_i32(correlation_id);
+    frame.put_i16(-1);
+    frame.put_slice(body);
+    frame.to_vec()
+}
+
+/// The body of a Kafka Fetch v4 request for `topic`/0 from `offset`, up to `max_bytes`.
+pub fn kafka_fetch_v4(topic: &str, offset: i64, max_bytes: i32) -> Vec<u8> {
+    let mut body = BytesMut::new();
+    body.put_i32(-1); // replica id: a consumer
+    body.put_i32(0); // max wait
+    body.put_i32(0); // min bytes
+    body.put_i32(max_bytes);
+    body.put_i8(0); // isolation level
+    body.put_i32(1); // topics
+    body.put_i16(topic.len() as i16);
+    body.put_slice(topic.as_bytes());
+    body.put_i32(1); // partitions
+    body.put_i32(0);
+    body.put_i64(offset);
+    body.put_i32(max_bytes);
+    body.to_vec()
 }
