@@ -18,6 +18,8 @@ const WORKER_THREADS: usize = 2;
 #[derive(Debug)]
 pub struct Embedded {
     pub addr: SocketAddr,
+    /// Its Kafka listener.
+    pub kafka_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Removed when dropped (unless the user chose the directory).
@@ -42,11 +44,11 @@ impl Embedded {
         let config = weir_server::Config {
             data_dir: path,
             native_addr: "127.0.0.1:0".into(),
-            kafka_addr: String::new(),
+            kafka_addr: "127.0.0.1:0".into(),
             log_level: "warn".into(),
             ..weir_server::Config::default()
         };
-        let (ready_tx, ready_rx) = oneshot::channel::<Result<SocketAddr>>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<(SocketAddr, SocketAddr)>>();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("{THREAD_PREFIX}-main"))
@@ -73,7 +75,11 @@ impl Embedded {
                             return;
                         }
                     };
-                    let _ = ready_tx.send(Ok(server.native_addr()));
+                    let Some(kafka_addr) = server.kafka_addr() else {
+                        let _ = ready_tx.send(Err(anyhow!("the embedded Kafka listener is off")));
+                        return;
+                    };
+                    let _ = ready_tx.send(Ok((server.native_addr(), kafka_addr)));
                     if let Err(e) = server
                         .run(async {
                             let _ = stop_rx.await;
@@ -85,11 +91,12 @@ impl Embedded {
                 });
             })
             .context("cannot start the broker thread")?;
-        let addr = ready_rx
+        let (addr, kafka_addr) = ready_rx
             .await
             .map_err(|_| anyhow!("the embedded broker stopped while starting"))??;
         Ok(Embedded {
             addr,
+            kafka_addr,
             stop: Some(stop_tx),
             thread: Some(thread),
             _dir: dir,

@@ -10,9 +10,12 @@
 //! command fail. CPU and memory come from `/proc` (`sys.rs`).
 //!
 //! Each producer and consumer is its own SDK [`Client`] with its own connection, as
-//! separate applications would be.
+//! separate applications would be. With `--protocol kafka` they speak the Kafka wire
+//! protocol to the Kafka listener instead (`kafka.rs`); topics are still created and
+//! described through the native admin API.
 
 mod embedded;
+mod kafka;
 mod payload;
 mod report;
 mod sys;
@@ -89,8 +92,16 @@ pub enum FsyncArg {
 /// Compression of produced batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CompressionArg {
-    /// Uncompressed (the only codec the SDK writes so far).
+    /// Uncompressed.
     None,
+    /// gzip (`--protocol kafka` only: the native SDK writes uncompressed batches).
+    Gzip,
+    /// Snappy (`--protocol kafka` only).
+    Snappy,
+    /// LZ4 (`--protocol kafka` only).
+    Lz4,
+    /// Zstandard (`--protocol kafka` only).
+    Zstd,
 }
 
 /// Wire protocol.
@@ -98,6 +109,9 @@ pub enum CompressionArg {
 pub enum ProtocolArg {
     /// Weir's native protocol through weir-client.
     Native,
+    /// The Kafka wire protocol, to the Kafka listener (`--kafka-addr`, or the embedded
+    /// broker's). Not for the `group` scenario.
+    Kafka,
 }
 
 /// `weir bench`.
@@ -175,9 +189,12 @@ pub struct BenchArgs {
     /// Compression of produced batches.
     #[arg(long, value_enum, default_value_t = CompressionArg::None)]
     pub compression: CompressionArg,
-    /// Protocol (the Kafka listener is not benchmarked yet).
+    /// Protocol of the producers and consumers.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Native)]
     pub protocol: ProtocolArg,
+    /// The broker's Kafka listener, for `--protocol kafka` without `--embedded`.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9092")]
+    pub kafka_addr: String,
     /// Pid of a broker running as its own process, to report its CPU and memory.
     #[arg(long, value_name = "PID", conflicts_with = "embedded")]
     pub server_pid: Option<u32>,
@@ -250,8 +267,17 @@ impl Settings {
             fsync_interval_ms: (a.fsync == FsyncArg::Interval).then_some(a.fsync_interval_ms),
             inflight: a.inflight,
             fetch_bytes: a.fetch_bytes,
-            compression: "none",
-            protocol: "native",
+            compression: match a.compression {
+                CompressionArg::None => "none",
+                CompressionArg::Gzip => "gzip",
+                CompressionArg::Snappy => "snappy",
+                CompressionArg::Lz4 => "lz4",
+                CompressionArg::Zstd => "zstd",
+            },
+            protocol: match a.protocol {
+                ProtocolArg::Native => "native",
+                ProtocolArg::Kafka => "kafka",
+            },
         }
     }
 
@@ -288,6 +314,19 @@ pub async fn run(addr: &str, timeout_ms: u32, args: BenchArgs) -> Result<()> {
 async fn measure(addr: &str, timeout_ms: u32, args: BenchArgs) -> Result<Report> {
     let run_id: u32 = rand_u32();
     let settings = Settings::resolve(&args, run_id);
+    let kafka = args.protocol == ProtocolArg::Kafka;
+    if !kafka && args.compression != CompressionArg::None {
+        return Err(user_error(
+            Exit::Usage,
+            "the native SDK writes uncompressed batches; --compression needs --protocol kafka",
+        ));
+    }
+    if kafka && args.scenario == Scenario::Group {
+        return Err(user_error(
+            Exit::Usage,
+            "the group scenario runs weir-client group members: use --protocol native",
+        ));
+    }
     let embedded = if args.embedded {
         Some(embedded::Embedded::start(args.data_dir.clone()).await?)
     } else {
@@ -296,8 +335,13 @@ async fn measure(addr: &str, timeout_ms: u32, args: BenchArgs) -> Result<Report>
     let target = embedded
         .as_ref()
         .map_or_else(|| addr.to_owned(), |e| e.addr.to_string());
+    let kafka_addr = match &embedded {
+        Some(e) => e.kafka_addr.to_string(),
+        None => args.kafka_addr.clone(),
+    };
     let bench = Bench {
         addr: target,
+        kafka_addr: kafka.then_some(kafka_addr),
         timeout_ms,
         run_id,
         settings,
@@ -335,6 +379,8 @@ fn unix_ns() -> u64 {
 #[derive(Debug)]
 struct Bench {
     addr: String,
+    /// The Kafka listener the producers and consumers use, with `--protocol kafka`.
+    kafka_addr: Option<String>,
     timeout_ms: u32,
     run_id: u32,
     settings: Settings,
@@ -438,22 +484,28 @@ struct Acked {
 impl Acked {
     fn done(&self, result: weir_client::Result<weir_client::RecordMetadata>, sent: Instant) {
         match result {
-            Ok(_) => {
-                let ns = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                self.latency
-                    .lock()
-                    .expect("not poisoned")
-                    .saturating_record(ns.max(1));
-                self.count.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-                self.first_error
-                    .lock()
-                    .expect("not poisoned")
-                    .get_or_insert_with(|| e.to_string());
-            }
+            Ok(_) => self.ok(sent),
+            Err(e) => self.failed(&e.to_string()),
         }
+    }
+
+    /// A record sent at `sent` is acknowledged now.
+    fn ok(&self, sent: Instant) {
+        let ns = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.latency
+            .lock()
+            .expect("not poisoned")
+            .saturating_record(ns.max(1));
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A record failed.
+    fn failed(&self, error: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.first_error
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert_with(|| error.to_owned());
     }
 }
 
@@ -466,6 +518,14 @@ impl Bench {
         Client::connect(self.addr.clone(), config)
             .await
             .with_context(|| format!("cannot connect to {}", self.addr))
+    }
+
+    /// A native client for a producer or consumer, unless they speak Kafka.
+    async fn connect_native(&self, name: String) -> Result<Option<Client>> {
+        match self.kafka_addr {
+            Some(_) => Ok(None),
+            None => self.connect(name).await.map(Some),
+        }
     }
 
     async fn execute(&self) -> Result<Report> {
@@ -742,6 +802,7 @@ impl Bench {
     fn clone_light(&self) -> Bench {
         Bench {
             addr: self.addr.clone(),
+            kafka_addr: self.kafka_addr.clone(),
             timeout_ms: self.timeout_ms,
             run_id: self.run_id,
             settings: self.settings.clone(),
@@ -777,7 +838,7 @@ impl Bench {
         let n = s.producers;
         let mut clients = Vec::new();
         for id in 0..n {
-            clients.push(self.connect(format!("weir-bench-p{id}")).await?);
+            clients.push(self.connect_native(format!("weir-bench-p{id}")).await?);
         }
         let start = Instant::now();
         let _ = live.producers_start.set(start);
@@ -805,27 +866,51 @@ impl Bench {
 
     async fn producer(
         &self,
-        client: Client,
+        client: Option<Client>,
         id: u32,
         limit: Limit,
         start: Instant,
         counter: Arc<AtomicU64>,
     ) -> Result<ProducerOutcome> {
         let s = &self.settings;
-        let mut config = ProducerConfig::default();
-        config.acks = s.acks();
-        config.linger_ms = s.linger_ms;
-        config.batch_bytes_max = s.batch_bytes;
-        config.buffer_bytes_max = s.buffer_bytes;
-        config.request_timeout_ms = self.timeout_ms;
-        config.partition_inflight_batches_max = s.inflight;
-        let producer = client.producer(config)?;
         let acked = Arc::new(Acked {
             count: counter,
             errors: AtomicU64::new(0),
             first_error: Mutex::new(None),
             latency: Mutex::new(report::histogram()),
         });
+        let mut sink = match (&client, &self.kafka_addr) {
+            (Some(client), _) => {
+                let mut config = ProducerConfig::default();
+                config.acks = s.acks();
+                config.linger_ms = s.linger_ms;
+                config.batch_bytes_max = s.batch_bytes;
+                config.buffer_bytes_max = s.buffer_bytes;
+                config.request_timeout_ms = self.timeout_ms;
+                config.partition_inflight_batches_max = s.inflight;
+                Sink::Native(client.producer(config)?)
+            }
+            (None, Some(addr)) => {
+                let settings = kafka::ProducerSettings {
+                    topic: s.topic.clone(),
+                    partitions: s.partitions,
+                    acks: match s.acks() {
+                        Acks::All => -1,
+                        Acks::Leader => 1,
+                        Acks::None => 0,
+                    },
+                    timeout_ms: i32::try_from(self.timeout_ms).unwrap_or(i32::MAX),
+                    batch_bytes: s.batch_bytes as usize,
+                    linger: Duration::from_millis(s.linger_ms.into()),
+                    compression: kafka::compression(s.compression),
+                    inflight: s.inflight,
+                };
+                Sink::Kafka(Box::new(
+                    kafka::KafkaProducer::connect(addr, settings, acked.clone()).await?,
+                ))
+            }
+            (None, None) => unreachable!("a producer has a native client or a Kafka address"),
+        };
         let mut payloads = PayloadWriter::new(self.run_id, id, s.message_size as usize);
         // Messages of this producer are due every `interval` under a rate limit.
         let interval = s
@@ -852,7 +937,10 @@ impl Bench {
             if let Some(iv) = interval {
                 let due = start + iv.mul_f64(seq as f64);
                 if due > now {
-                    tokio::time::sleep_until(due.into()).await;
+                    match &mut sink {
+                        Sink::Native(_) => tokio::time::sleep_until(due.into()).await,
+                        Sink::Kafka(p) => p.idle_until(due).await?,
+                    }
                     now = Instant::now();
                 }
             }
@@ -860,26 +948,37 @@ impl Bench {
             let sent_ns =
                 base_unix_ns + u64::try_from((sent - base).as_nanos()).unwrap_or(u64::MAX);
             let value = payloads.value(seq, sent_ns);
-            let record = ProducerRecord::new(topic.clone())
-                .with_value(value)
-                .with_timestamp_ms(i64::try_from(sent_ns / 1_000_000).unwrap_or(i64::MAX));
-            if oneway {
-                if let Err(e) = producer.send_oneway(record).await {
-                    acked.done(Err(e), sent);
-                } else {
-                    acked.count.fetch_add(1, Ordering::Relaxed);
+            let timestamp_ms = i64::try_from(sent_ns / 1_000_000).unwrap_or(i64::MAX);
+            match &mut sink {
+                Sink::Native(producer) => {
+                    let record = ProducerRecord::new(topic.clone())
+                        .with_value(value)
+                        .with_timestamp_ms(timestamp_ms);
+                    if oneway {
+                        if let Err(e) = producer.send_oneway(record).await {
+                            acked.done(Err(e), sent);
+                        } else {
+                            acked.count.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else {
+                        let a = acked.clone();
+                        producer
+                            .send_with_callback(record, move |r| a.done(r, sent))
+                            .await;
+                    }
                 }
-            } else {
-                let a = acked.clone();
-                producer
-                    .send_with_callback(record, move |r| a.done(r, sent))
-                    .await;
+                Sink::Kafka(p) => p.send(value, timestamp_ms, sent).await?,
             }
             seq += 1;
         }
-        producer.close().await;
+        match sink {
+            Sink::Native(producer) => producer.close().await,
+            Sink::Kafka(p) => p.close().await?,
+        }
         let elapsed = start.elapsed();
-        client.close();
+        if let Some(client) = client {
+            client.close();
+        }
         let first_error = acked.first_error.lock().expect("not poisoned").take();
         let latency = std::mem::replace(
             &mut *acked.latency.lock().expect("not poisoned"),
@@ -951,7 +1050,7 @@ impl Bench {
             if parts.is_empty() && !group {
                 continue;
             }
-            let client = self.connect(format!("weir-bench-c{id}")).await?;
+            let client = self.connect_native(format!("weir-bench-c{id}")).await?;
             let starts: BTreeMap<u32, i64> = parts.iter().map(|p| (*p, starts[p])).collect();
             let until = match &until {
                 Until::Offsets(ends) => {
@@ -977,7 +1076,7 @@ impl Bench {
     #[allow(clippy::too_many_arguments)]
     async fn consumer(
         &self,
-        client: Client,
+        client: Option<Client>,
         id: u32,
         starts: BTreeMap<u32, i64>,
         until: Until,
@@ -992,20 +1091,27 @@ impl Bench {
         cc.fetch_bytes_max = s.fetch_bytes;
         cc.partition_fetch_bytes_max = s.fetch_bytes;
         cc.auto_offset_reset = AutoOffsetReset::Error;
-        let mut source = if group {
-            let mut gc = GroupConfig::new(format!("weir-bench-{:08x}", self.run_id));
-            gc.start_from = StartFrom::Earliest;
-            cc.auto_offset_reset = AutoOffsetReset::Earliest;
-            gc.consumer = cc;
-            Source::Group(Box::new(client.group_consumer(gc, vec![s.topic.clone()])?))
-        } else {
-            let mut c = client.consumer(cc)?;
-            let parts: Vec<u32> = starts.keys().copied().collect();
-            c.assign(&s.topic, &parts).await?;
-            for (p, o) in &starts {
-                c.seek(&s.topic, *p, SeekTo::Offset(*o)).await?;
+        let mut source = match (&client, &self.kafka_addr) {
+            (None, Some(addr)) => Source::Kafka(Box::new(
+                kafka::KafkaConsumer::connect(addr, &s.topic, &starts, s.fetch_bytes).await?,
+            )),
+            (None, None) => unreachable!("a consumer has a native client or a Kafka address"),
+            (Some(client), _) if group => {
+                let mut gc = GroupConfig::new(format!("weir-bench-{:08x}", self.run_id));
+                gc.start_from = StartFrom::Earliest;
+                cc.auto_offset_reset = AutoOffsetReset::Earliest;
+                gc.consumer = cc;
+                Source::Group(Box::new(client.group_consumer(gc, vec![s.topic.clone()])?))
             }
-            Source::Manual(c)
+            (Some(client), _) => {
+                let mut c = client.consumer(cc)?;
+                let parts: Vec<u32> = starts.keys().copied().collect();
+                c.assign(&s.topic, &parts).await?;
+                for (p, o) in &starts {
+                    c.seek(&s.topic, *p, SeekTo::Offset(*o)).await?;
+                }
+                Source::Manual(c)
+            }
         };
         let mut verifier = Verifier::new(self.run_id, s.producers as usize);
         if !group {
@@ -1051,6 +1157,14 @@ impl Bench {
             let polled = match &mut source {
                 Source::Manual(c) => c.poll(wait).await,
                 Source::Group(g) => g.poll(wait).await,
+                Source::Kafka(k) => match k.poll(wait).await {
+                    Ok(b) => Ok(b),
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                        break;
+                    }
+                },
             };
             let batch = match polled {
                 Ok(b) => b,
@@ -1088,7 +1202,9 @@ impl Bench {
         if let Source::Group(g) = &mut source {
             let _ = g.close().await;
         }
-        client.close();
+        if let Some(client) = client {
+            client.close();
+        }
         Ok(ConsumerOutcome {
             id,
             records,
@@ -1111,6 +1227,13 @@ fn value_len(r: &ConsumerRecord) -> u64 {
 enum Source {
     Manual(weir_client::Consumer),
     Group(Box<GroupConsumer>),
+    Kafka(Box<kafka::KafkaConsumer>),
+}
+
+/// Where a producer's records go: the SDK's producer, or the Kafka-protocol one.
+enum Sink {
+    Native(weir_client::Producer),
+    Kafka(Box<kafka::KafkaProducer>),
 }
 
 fn consumer_phase_report(consumers: Vec<ConsumerOutcome>) -> (Phase, Option<Latency>, Verifier) {
@@ -1410,6 +1533,58 @@ mod tests {
                 "2",
             ],
             vec!["idle", "--duration-s", "1"],
+            // The Kafka listener, through Kafka-protocol producers and consumers.
+            vec!["produce", "--messages", "3000", "--protocol", "kafka"],
+            vec![
+                "consume",
+                "--messages",
+                "3000",
+                "--partitions",
+                "3",
+                "--consumers",
+                "2",
+                "--protocol",
+                "kafka",
+                "--compression",
+                "lz4",
+            ],
+            vec![
+                "pubsub",
+                "--messages",
+                "4000",
+                "--producers",
+                "2",
+                "--partitions",
+                "2",
+                "--inflight",
+                "4",
+                "--protocol",
+                "kafka",
+                "--compression",
+                "zstd",
+            ],
+            vec![
+                "pubsub",
+                "--messages",
+                "2000",
+                "--acks",
+                "none",
+                "--protocol",
+                "kafka",
+                "--compression",
+                "gzip",
+            ],
+            vec![
+                "latency",
+                "--duration-s",
+                "1",
+                "--rate",
+                "500",
+                "--protocol",
+                "kafka",
+                "--compression",
+                "snappy",
+            ],
         ] {
             let mut a = line.clone();
             a.extend(["--embedded", "--no-progress"]);
