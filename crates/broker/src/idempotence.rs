@@ -40,7 +40,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use weir_record::{BatchHeader, BatchIter};
 use weir_storage::{AppendInfo, Log, StorageError};
@@ -209,12 +208,6 @@ impl ProducerStates {
     }
 
     /// Remembers appended batches; `bytes` are the batches with their offsets patched.
-    fn record(&mut self, bytes: &[u8], now_ms: i64) {
-        for (h, _) in BatchIter::new(bytes).flatten() {
-            self.record_header(&h, now_ms);
-        }
-    }
-
     fn record_header(&mut self, h: &BatchHeader, now_ms: i64) {
         if !is_idempotent(h) || h.base_sequence < 0 {
             return;
@@ -441,10 +434,11 @@ impl AppendError {
 }
 
 /// Appends `records` to `p`, with the producer checks if any batch has a producer id.
+/// `records` is written as it is, its headers patched on the way to the disk.
 /// Blocking: runs on the blocking pool.
 pub(crate) fn append(
     p: &Partition,
-    records: &mut BytesMut,
+    records: &[u8],
     leader_epoch: i32,
 ) -> Result<AppendInfo, AppendError> {
     let mut headers = Vec::new();
@@ -462,7 +456,7 @@ pub(crate) fn append(
     if !idempotent {
         return p
             .log
-            .append(records, leader_epoch)
+            .append_shared(records, leader_epoch)
             .map_err(AppendError::Storage);
     }
     // Checksums first, so a corrupt batch is reported as corrupt and not as out of order.
@@ -503,9 +497,16 @@ pub(crate) fn append(
     }
     let info = p
         .log
-        .append(records, leader_epoch)
+        .append_shared(records, leader_epoch)
         .map_err(AppendError::Storage)?;
-    st.record(records, now_ms());
+    // `records` keeps the producer's headers: give them the offsets the log assigned.
+    let now = now_ms();
+    let mut next = info.base_offset;
+    for h in &mut headers {
+        h.base_offset = next;
+        next += i64::from(h.last_offset_delta) + 1;
+        st.record_header(h, now);
+    }
     Ok(info)
 }
 
@@ -655,6 +656,7 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
     use weir_record::{BatchBuilder, Record};
 
     /// An uncompressed batch of `n` records from producer `id` at `epoch`, first sequence `seq`.
@@ -684,7 +686,9 @@ mod tests {
 
     fn appended(st: &mut ProducerStates, b: &mut BytesMut, base: i64) {
         weir_record::set_base_offset(b, base);
-        st.record(b, 1);
+        for (h, _) in BatchIter::new(b).flatten() {
+            st.record_header(&h, 1);
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::RwLock;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -629,7 +629,7 @@ impl Broker {
         &self,
         topic: &str,
         partition: u32,
-        records: BytesMut,
+        records: impl Into<Bytes>,
         acks: Acks,
         timeout_ms: u32,
     ) -> Result<AppendInfo, BrokerError> {
@@ -643,26 +643,25 @@ impl Broker {
     /// log (not yet necessarily on disk); [`Appended::wait`] then waits as `acks` asks.
     ///
     /// The batches are validated and written as they are, with offsets and the leader term
-    /// patched into their headers. Appends complete in the order this is awaited, so a
+    /// patched into their headers on the way to the disk (the caller's buffer is not
+    /// copied or changed, so a slice of a request frame can be passed). Appends complete in the order this is awaited, so a
     /// listener that awaits the appends of one connection in turn keeps that connection's
     /// batches in order, while their fsyncs are still shared (group commit).
     pub async fn append(
         &self,
         topic: &str,
         partition: u32,
-        records: BytesMut,
+        records: impl Into<Bytes>,
         acks: Acks,
     ) -> Result<Appended, BrokerError> {
         self.check_running()?;
         let p = self.partition(topic, partition)?;
         let part = p.clone();
         let epoch = p.leader_epoch;
-        let info = tokio::task::spawn_blocking(move || {
-            let mut records = records;
-            idempotence::append(&part, &mut records, epoch)
-        })
-        .await?
-        .map_err(|e| e.into_broker(topic, partition))?;
+        let records = records.into();
+        let info = tokio::task::spawn_blocking(move || idempotence::append(&part, &records, epoch))
+            .await?
+            .map_err(|e| e.into_broker(topic, partition))?;
         let durable = if p.fsync == FsyncPolicy::Always {
             // Synced whatever the producer waits for: data becomes readable only once it
             // is durable. Concurrent callers of sync_to share one fdatasync.

@@ -17,6 +17,11 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let server = weir_server::Server::bind(config)
         .await
         .context("cannot start the server")?;
+    // Scripts and tests wait for these lines: the listeners accept connections from now on.
+    println!("weir listening native={}", server.native_addr());
+    if let Some(addr) = server.kafka_addr() {
+        println!("weir listening kafka={addr}");
+    }
     server
         .run(weir_server::shutdown_signal())
         .await

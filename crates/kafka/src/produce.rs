@@ -3,7 +3,6 @@
 //! epoch), in two phases so that a connection's appends stay in order while their waits
 //! for the disk overlap.
 
-use bytes::BytesMut;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
@@ -85,12 +84,11 @@ pub(crate) async fn start(shared: &Shared, r: ProduceRequest) -> Started {
                 parts.push(refused(ResponseError::InvalidRecord, "no records"));
                 continue;
             };
-            // The log patches offsets into the batches, so they need their own mutable
-            // copy: the frame buffer they came in is shared.
-            let bytes = BytesMut::from(&records[..]);
+            // The records stay a slice of the frame: the log writes patched headers from
+            // copies.
             let name = topic.name.clone();
             appends.push((t, parts.len(), async move {
-                broker.append(&name, partition, bytes, acks).await
+                broker.append(&name, partition, records, acks).await
             }));
             parts.push(PartitionStart {
                 index: p.index,

@@ -1,7 +1,6 @@
 //! Native requests → broker operations → native responses, and the one mapping from broker
 //! errors to protocol error codes.
 
-use bytes::BytesMut;
 use weir_broker::group::{CommitOffsets, GroupError, JoinGroup, PartitionResult};
 use weir_broker::{
     Acks, Appended, BrokerError, FetchPartitionSpec, FetchSpec, OffsetQuery, TopicDescription,
@@ -142,12 +141,10 @@ pub(crate) async fn start_produce(shared: &Shared, r: v1::ProduceRequest) -> Pro
             return ProduceStart::Done(Some(produce_error(&e)));
         }
     };
-    // The log patches offsets into the batch, so it needs its own mutable copy; the frame
-    // buffer it came in is shared with the next frames.
-    let records = BytesMut::from(&r.records[..]);
+    // The records stay a slice of the frame: the log writes patched headers from copies.
     match shared
         .broker
-        .append(&r.topic, r.partition, records, acks)
+        .append(&r.topic, r.partition, r.records, acks)
         .await
     {
         Ok(appended) => ProduceStart::Appended {

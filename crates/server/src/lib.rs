@@ -59,9 +59,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Validates `config`, opens the data directory and binds the listeners. Prints
-    /// `weir listening native=ADDR` on stdout once clients can connect, then
-    /// `weir listening kafka=ADDR` on its own line when the Kafka listener is enabled.
+    /// Validates `config`, opens the data directory and binds the listeners: clients can
+    /// connect once it returns. Prints nothing on stdout (an embedding program owns it);
+    /// `weir server` announces [`Server::native_addr`] and [`Server::kafka_addr`].
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
         let broker = Broker::open(config.broker_config()?).await?;
@@ -88,10 +88,6 @@ impl Server {
             )
         };
         tracing::info!(%native_addr, kafka_addr = ?kafka.as_ref().map(|k| k.local_addr()), data_dir = %config.data_dir.display(), "weir server ready");
-        println!("weir listening native={native_addr}");
-        if let Some(k) = &kafka {
-            println!("weir listening kafka={}", k.local_addr());
-        }
         Ok(Server {
             config,
             broker,

@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -28,6 +28,13 @@ pub trait DiskFile: Send + Sync + fmt::Debug {
     /// Writes all of `buf` at `pos`, extending the file if needed.
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()>;
 
+    /// Writes `parts` one after another from `pos`, as [`DiskFile::write_all_at`] of their
+    /// concatenation would. The log writes a batch as its patched header and the rest of
+    /// the producer's bytes, so it never copies a batch to patch it.
+    fn write_all_vectored_at(&self, parts: &[&[u8]], pos: u64) -> io::Result<()> {
+        self.write_all_at(&parts.concat(), pos)
+    }
+
     /// `fdatasync`: makes written data (and the length) durable.
     fn sync_data(&self) -> io::Result<()>;
 
@@ -40,6 +47,14 @@ pub trait DiskFile: Send + Sync + fmt::Debug {
     /// Whether the file is empty.
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
+    }
+
+    /// Reads `len` bytes at `pos` into a new buffer, fewer only where the file ends.
+    fn read_vec_at(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+        let mut v = vec![0u8; len];
+        let got = self.read_full_at(&mut v, pos)?;
+        v.truncate(got);
+        Ok(v)
     }
 
     /// Reads until `buf` is full or the file ends; returns the bytes read.
@@ -78,7 +93,11 @@ pub trait Disk: Send + Sync + fmt::Debug {
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
 }
 
-/// The real file system, through `std::fs`.
+/// Most slices one `pwritev` takes (Linux `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// The real file system, through `std::fs` (and `rustix` for the vectored and
+/// uninitialized-buffer positional I/O `std` has no stable API for).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FsDisk;
 
@@ -96,6 +115,46 @@ impl DiskFile for FsFile {
 
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         FileExt::write_all_at(&self.file, buf, pos)
+    }
+
+    fn write_all_vectored_at(&self, parts: &[&[u8]], pos: u64) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| IoSlice::new(p))
+            .collect();
+        let mut rest = &mut slices[..];
+        let mut at = pos;
+        while !rest.is_empty() {
+            let n = rest.len().min(IOV_MAX);
+            match rustix::io::pwritev(&self.file, &rest[..n], at) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => {
+                    at += written as u64;
+                    IoSlice::advance_slices(&mut rest, written);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_vec_at(&self, len: usize, pos: u64) -> io::Result<Vec<u8>> {
+        // Read into the new buffer's spare capacity: no zero-fill of what the read overwrites.
+        let mut v = Vec::with_capacity(len);
+        while v.len() < len {
+            let at = pos + v.len() as u64;
+            match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut v), at) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // The capacity may exceed `len`, and so may the last read.
+        v.truncate(len);
+        Ok(v)
     }
 
     fn sync_data(&self) -> io::Result<()> {

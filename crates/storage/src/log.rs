@@ -22,6 +22,27 @@ use crate::segment::{
 };
 use crate::{Clock, StorageError};
 
+/// The header prefix an append patches (baseOffset, batchLength, partitionLeaderEpoch):
+/// written from a copy, the rest of each batch from the caller's buffer.
+const PATCHED_HEADER_BYTES: usize = 16;
+
+/// The batches given to an append: patched where they are, or left as they are.
+enum Batches<'a> {
+    /// [`Log::append`]: the caller's buffer is patched, then written.
+    InPlace(&'a mut [u8]),
+    /// [`Log::append_shared`]: patched header copies are written with the untouched rest.
+    Shared(&'a [u8]),
+}
+
+impl Batches<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Batches::InPlace(b) => b,
+            Batches::Shared(b) => b,
+        }
+    }
+}
+
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendInfo {
@@ -236,12 +257,37 @@ impl Log {
 
     /// Appends one or more concatenated batches, assigning offsets from the log end and
     /// stamping `leader_epoch`. `batch` is patched in place (baseOffset and
-    /// partitionLeaderEpoch, neither covered by the CRC).
+    /// partitionLeaderEpoch, neither covered by the CRC) before it is written, so the
+    /// caller sees the stored headers even if the write then fails.
+    ///
+    /// Otherwise the same as [`Log::append_shared`].
+    pub fn append(&self, batch: &mut [u8], leader_epoch: i32) -> Result<AppendInfo, StorageError> {
+        self.append_from(Batches::InPlace(batch), leader_epoch)
+    }
+
+    /// Appends one or more concatenated batches, assigning offsets from the log end and
+    /// stamping `leader_epoch`. `batch` is not modified: each batch is written as its
+    /// patched header prefix (baseOffset and partitionLeaderEpoch, neither covered by the
+    /// CRC) followed by the rest of its bytes, in one vectored positional write, so a
+    /// producer's buffer goes to the disk without being copied.
     ///
     /// Every batch is validated before anything is written: the call is all or nothing.
     /// Nothing is fsynced here under [`FsyncPolicy::Always`]: acknowledge after
     /// [`Log::sync_to`]`(info.last_offset)`.
-    pub fn append(&self, batch: &mut [u8], leader_epoch: i32) -> Result<AppendInfo, StorageError> {
+    pub fn append_shared(
+        &self,
+        batch: &[u8],
+        leader_epoch: i32,
+    ) -> Result<AppendInfo, StorageError> {
+        self.append_from(Batches::Shared(batch), leader_epoch)
+    }
+
+    fn append_from(
+        &self,
+        mut src: Batches<'_>,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo, StorageError> {
+        let batch = src.bytes();
         if batch.is_empty() {
             return Err(StorageError::EmptyAppend);
         }
@@ -293,16 +339,33 @@ impl Log {
         }
         let mut next = base_offset;
         let mut max_timestamp = i64::MIN;
-        for (at, size, h) in &spans {
-            let b = &mut batch[*at..at + size];
-            set_base_offset(b, next);
-            set_partition_leader_epoch(b, leader_epoch);
+        let mut heads = Vec::with_capacity(spans.len());
+        for (at, _, h) in &spans {
+            let mut head = [0u8; PATCHED_HEADER_BYTES];
+            head.copy_from_slice(&src.bytes()[*at..at + PATCHED_HEADER_BYTES]);
+            set_base_offset(&mut head, next);
+            set_partition_leader_epoch(&mut head, leader_epoch);
+            if let Batches::InPlace(b) = &mut src {
+                b[*at..at + PATCHED_HEADER_BYTES].copy_from_slice(&head);
+            }
+            heads.push(head);
             next += i64::from(h.last_offset_delta) + 1;
             max_timestamp = max_timestamp.max(h.max_timestamp);
         }
+        let batch = src.bytes();
+        let parts: Vec<&[u8]> = match src {
+            Batches::InPlace(_) => vec![batch],
+            Batches::Shared(_) => spans
+                .iter()
+                .zip(&heads)
+                .flat_map(|((at, size, _), head)| {
+                    [&head[..], &batch[at + PATCHED_HEADER_BYTES..at + size]]
+                })
+                .collect(),
+        };
         let seg = st.active_mut();
         let seg_pos = seg.size_bytes;
-        if let Err(e) = seg.file.write_all_at(batch, seg_pos) {
+        if let Err(e) = seg.file.write_all_vectored_at(&parts, seg_pos) {
             // A partial write may have extended the file: cut it back to whole batches.
             if let Err(e2) = seg.file.set_len(seg_pos) {
                 poison(

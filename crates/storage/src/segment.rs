@@ -113,12 +113,10 @@ impl<'a> SegmentReader<'a> {
         if pos < self.buf_pos || stop > buf_end {
             // `len` is bounded by `end`, itself bounded by the 2 GiB segment limit.
             let want = len.max(self.chunk).min(self.end - pos);
-            let mut v = vec![0u8; want as usize];
-            let got = self.file.read_full_at(&mut v, pos)?;
-            if (got as u64) < len {
+            let v = self.file.read_vec_at(want as usize, pos)?;
+            if (v.len() as u64) < len {
                 return Err(self.corrupt(pos, "file is shorter than its recorded size"));
             }
-            v.truncate(got);
             self.buf = Bytes::from(v);
             self.buf_pos = pos;
         }
