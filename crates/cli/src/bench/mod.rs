@@ -1490,103 +1490,21 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn scenarios_run_and_verify_on_an_embedded_broker() {
         for line in [
-            vec!["produce", "--messages", "3000", "--acks", "leader"],
-            vec![
-                "consume",
-                "--messages",
-                "3000",
-                "--partitions",
-                "3",
-                "--consumers",
-                "2",
-            ],
-            vec![
-                "pubsub",
-                "--messages",
-                "4000",
-                "--producers",
-                "2",
-                "--partitions",
-                "2",
-                "--inflight",
-                "4",
-                "--fsync",
-                "never",
-            ],
-            vec![
-                "pubsub",
-                "--messages",
-                "2000",
-                "--acks",
-                "none",
-                "--fsync",
-                "interval",
-            ],
-            vec!["latency", "--duration-s", "1", "--rate", "500"],
-            vec![
-                "group",
-                "--messages",
-                "2000",
-                "--consumers",
-                "2",
-                "--partitions",
-                "2",
-            ],
-            vec!["idle", "--duration-s", "1"],
+            "produce --messages 3000 --acks leader",
+            "consume --messages 3000 --partitions 3 --consumers 2",
+            "pubsub --messages 4000 --producers 2 --partitions 2 --inflight 4 --fsync never",
+            "pubsub --messages 2000 --acks none --fsync interval",
+            "latency --duration-s 1 --rate 500",
+            "group --messages 2000 --consumers 2 --partitions 2",
+            "idle --duration-s 1",
             // The Kafka listener, through Kafka-protocol producers and consumers.
-            vec!["produce", "--messages", "3000", "--protocol", "kafka"],
-            vec![
-                "consume",
-                "--messages",
-                "3000",
-                "--partitions",
-                "3",
-                "--consumers",
-                "2",
-                "--protocol",
-                "kafka",
-                "--compression",
-                "lz4",
-            ],
-            vec![
-                "pubsub",
-                "--messages",
-                "4000",
-                "--producers",
-                "2",
-                "--partitions",
-                "2",
-                "--inflight",
-                "4",
-                "--protocol",
-                "kafka",
-                "--compression",
-                "zstd",
-            ],
-            vec![
-                "pubsub",
-                "--messages",
-                "2000",
-                "--acks",
-                "none",
-                "--protocol",
-                "kafka",
-                "--compression",
-                "gzip",
-            ],
-            vec![
-                "latency",
-                "--duration-s",
-                "1",
-                "--rate",
-                "500",
-                "--protocol",
-                "kafka",
-                "--compression",
-                "snappy",
-            ],
+            "produce --messages 3000 --protocol kafka",
+            "consume --messages 3000 --partitions 3 --consumers 2 --protocol kafka --compression lz4",
+            "pubsub --messages 4000 --producers 2 --partitions 2 --inflight 4 --protocol kafka --compression zstd",
+            "pubsub --messages 2000 --acks none --protocol kafka --compression gzip",
+            "latency --duration-s 1 --rate 500 --protocol kafka --compression snappy",
         ] {
-            let mut a = line.clone();
+            let mut a: Vec<&str> = line.split_whitespace().collect();
             a.extend(["--embedded", "--no-progress"]);
             let report = measure("unused:0", 10_000, args(&a))
                 .await
@@ -1595,8 +1513,8 @@ mod tests {
                 assert!(v.ok, "{line:?}: {}", v.summary);
             }
             let json = serde_json::to_value(&report).unwrap();
-            assert_eq!(json["scenario"], line[0], "{line:?}");
-            match line[0] {
+            assert_eq!(json["scenario"], a[0], "{line:?}");
+            match a[0] {
                 "produce" => assert_eq!(report.produce.unwrap().total.messages, 3000),
                 "consume" => assert_eq!(report.consume.unwrap().total.messages, 3000),
                 "latency" => assert!(report.e2e_latency.is_some()),
