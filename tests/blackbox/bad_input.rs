@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use rand::{Rng, RngCore};
 use weir_proto::{FrameHeader, Request, Response, decode_frame, v1};
 
-use crate::harness::rss_kib;
+use crate::harness::{fetch_request, rss_kib, server_pid};
 use crate::support::{
     KafkaServer, RawClient, ServerProcess, batch_of, kafka_fetch_v4, kafka_frame,
 };
@@ -77,14 +77,80 @@ fn random_bytes_close_that_connection_only() {
     assert_eq!(values, vec![b"before".to_vec(), b"after".to_vec()]);
 }
 
-/// Valid Kafka requests with random damage — bytes flipped, a four-byte window set to a
-/// huge count, the body cut short — and plain noise, each on its own connection to the
-/// Kafka port. Each connection is answered or closed; the server keeps serving, and its
-/// memory stays near where it started (a count taken at face value would ask for GiBs:
-/// that is how fuzzing found ADR 0004's bug).
+/// How a frame is damaged: where its length field lies (big-endian, four bytes) and how
+/// many bytes precede what it counts.
+struct Framing {
+    length_at: usize,
+    header_bytes: usize,
+}
+
+/// `frame` damaged the `round`-th way: bytes changed; a four-byte window set to a huge
+/// count; cut short (its length field kept true, so the damage reaches the decoders); or
+/// replaced by noise.
+fn damaged(frame: &[u8], round: usize, f: &Framing, rng: &mut impl Rng) -> Vec<u8> {
+    let mut bytes = frame.to_vec();
+    let body = f.header_bytes;
+    match round % 4 {
+        0 => {
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(body..bytes.len());
+                bytes[at] = rng.random();
+            }
+        }
+        1 => {
+            let at = rng.random_range(body..bytes.len().saturating_sub(4).max(body + 1));
+            let end = (at + 4).min(bytes.len());
+            bytes[at..end].copy_from_slice(&[0x7f, 0xff, 0xff, 0xf0][..end - at]);
+        }
+        2 => {
+            bytes.truncate(rng.random_range(body..bytes.len()));
+            let len = (bytes.len() - f.header_bytes) as u32;
+            bytes[f.length_at..f.length_at + 4].copy_from_slice(&len.to_be_bytes());
+        }
+        _ => {
+            bytes = vec![0u8; rng.random_range(1..256)];
+            rng.fill_bytes(&mut bytes);
+        }
+    }
+    bytes
+}
+
+/// Sends `rounds` damaged copies of `valid` frames to `addr`, each on its own connection,
+/// and checks that each is answered or closed, that the server (`pid`) survives with its
+/// memory near where it started, and that `good` is still served.
+fn damaged_requests_are_survived(
+    addr: std::net::SocketAddr,
+    pid: u32,
+    valid: &[Vec<u8>],
+    framing: &Framing,
+    good: &mut RawClient,
+) {
+    const ROUNDS: usize = 400;
+    let rss_before = rss_kib(pid);
+    let mut rng = rand::rng();
+    for round in 0..ROUNDS {
+        let bytes = damaged(&valid[round % valid.len()], round, framing, &mut rng);
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let _ = s.write_all(&bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        expect_closed(&mut s);
+    }
+    let rss_after = rss_kib(pid);
+    eprintln!("{ROUNDS} damaged requests: server RSS {rss_before} KiB -> {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "server memory grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    // Damaged produce requests that still decode may have been stored too.
+    assert!(produce_one(good, "t", b"after") >= 1);
+}
+
+/// Valid Kafka requests (ApiVersions, Metadata, Fetch) damaged at random, and plain noise,
+/// each on its own connection to the Kafka port: every connection is answered or closed,
+/// the server keeps serving and its memory stays near where it started. A count taken at
+/// face value would ask for GiBs: that is how fuzzing found ADR 0004's bug.
 #[test]
 fn mutated_kafka_requests_close_only_their_connection() {
-    const ROUNDS: usize = 400;
     let dir = tempfile::tempdir().expect("tempdir");
     // A damaged fetch may ask to wait long for data; the connection closes once it is
     // answered, so keep that wait short.
@@ -95,8 +161,6 @@ fn mutated_kafka_requests_close_only_their_connection() {
     let mut good = RawClient::connect(server.process.addr).expect("connect");
     good.create_topic("t", 1);
     assert_eq!(produce_one(&mut good, "t", b"before"), 0);
-    let rss_before = rss_kib(server.process.pid());
-
     let mut metadata_v1 = 1i32.to_be_bytes().to_vec();
     metadata_v1.extend_from_slice(&1i16.to_be_bytes());
     metadata_v1.push(b't');
@@ -105,45 +169,53 @@ fn mutated_kafka_requests_close_only_their_connection() {
         kafka_frame(3, 1, 2, &metadata_v1),                    // Metadata v1, topic "t"
         kafka_frame(1, 4, 3, &kafka_fetch_v4("t", 0, 65_536)), // Fetch v4
     ];
-    let mut rng = rand::rng();
-    for round in 0..ROUNDS {
-        let mut bytes = valid[round % valid.len()].clone();
-        // The size prefix stays true to the bytes sent, so damage reaches the decoders.
-        match round % 4 {
-            0 => {
-                for _ in 0..rng.random_range(1..4) {
-                    let at = rng.random_range(4..bytes.len());
-                    bytes[at] = rng.random();
-                }
-            }
-            1 => {
-                let at = rng.random_range(4..bytes.len().saturating_sub(4).max(5));
-                let end = (at + 4).min(bytes.len());
-                bytes[at..end].copy_from_slice(&[0x7f, 0xff, 0xff, 0xf0][..end - at]);
-            }
-            2 => {
-                bytes.truncate(rng.random_range(8..bytes.len()));
-                let size = (bytes.len() - 4) as i32;
-                bytes[..4].copy_from_slice(&size.to_be_bytes());
-            }
-            _ => {
-                bytes = vec![0u8; rng.random_range(1..256)];
-                rng.fill_bytes(&mut bytes);
-            }
-        }
-        let mut s = TcpStream::connect(server.kafka_addr).expect("connect");
-        let _ = s.write_all(&bytes);
-        let _ = s.shutdown(std::net::Shutdown::Write);
-        expect_closed(&mut s);
-    }
+    let framing = Framing {
+        length_at: 0,
+        header_bytes: 4,
+    };
+    let pid = server.process.pid();
+    damaged_requests_are_survived(server.kafka_addr, pid, &valid, &framing, &mut good);
     assert!(server.process.is_running(), "the server survived");
-    let rss_after = rss_kib(server.process.pid());
-    eprintln!("{ROUNDS} damaged Kafka requests: server RSS {rss_before} KiB -> {rss_after} KiB");
-    assert!(
-        rss_after < rss_before + 64 * 1024,
-        "server memory grew from {rss_before} KiB to {rss_after} KiB"
-    );
-    assert_eq!(produce_one(&mut good, "t", b"after"), 1);
+}
+
+/// The same on the native port: valid produce, fetch and create-topic requests damaged at
+/// random, and noise. Damage that still frames is answered with an error or a result;
+/// damage that does not closes the connection.
+#[test]
+fn mutated_native_requests_are_answered_or_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, data) =
+        ServerProcess::start_with_config(dir.path(), "[limits]\nfetch_wait_ms_max = 500\n");
+    let mut good = RawClient::connect(server.addr).expect("connect");
+    good.create_topic("t", 1);
+    assert_eq!(produce_one(&mut good, "t", b"before"), 0);
+    let encode = |req: &Request| {
+        let mut out = BytesMut::new();
+        weir_proto::encode_request(&mut out, 9, req);
+        out.to_vec()
+    };
+    let valid = [
+        encode(&Request::Produce(v1::ProduceRequest {
+            topic: "t".into(),
+            partition: 0,
+            acks: v1::Acks::All as i32,
+            timeout_ms: 0,
+            records: batch_of(&[b"damaged".to_vec(), b"twice".to_vec()]).freeze(),
+        })),
+        encode(&fetch_request("t", 0, 0, 65_536)),
+        encode(&Request::CreateTopic(v1::CreateTopicRequest {
+            name: "u".into(),
+            partitions: 2,
+            ..Default::default()
+        })),
+    ];
+    let framing = Framing {
+        length_at: 8,
+        header_bytes: weir_proto::HEADER_BYTES,
+    };
+    let pid = server_pid(&data);
+    damaged_requests_are_survived(server.addr, pid, &valid, &framing, &mut good);
+    assert!(server.is_running(), "the server survived");
 }
 
 #[test]

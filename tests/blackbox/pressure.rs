@@ -14,17 +14,6 @@ use weir_proto::{Request, Response, decode_frame, v1};
 use crate::harness::{fetch_request, produce, rss_kib, server_pid};
 use crate::support::{KafkaServer, RawClient, ServerProcess, kafka_fetch_v4, kafka_frame};
 
-fn start_with_config(dir: &std::path::Path, toml: &str) -> (ServerProcess, std::path::PathBuf) {
-    let config = dir.join("weir.toml");
-    std::fs::write(&config, toml).expect("write config");
-    let data = dir.join("data");
-    let config = config.to_str().expect("utf-8 path").to_owned();
-    (
-        ServerProcess::start_with(&data, &["--config", &config]),
-        data,
-    )
-}
-
 /// Whether the connection is served: false if the server refused it (an error frame with
 /// correlation id 0, then close).
 fn list_topics(c: &mut RawClient) -> bool {
@@ -63,7 +52,7 @@ fn a_flood_of_connections_beyond_the_limit_is_refused_cleanly() {
     const LIMIT: usize = 50;
     const FLOOD: usize = 500;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (server, data) = start_with_config(
+    let (server, data) = ServerProcess::start_with_config(
         dir.path(),
         &format!("[limits]\nconnections_max = {LIMIT}\n"),
     );
@@ -175,7 +164,7 @@ fn never_reading_client(
 /// Starts a server with `toml`, writes 16 one-MiB records to `big`/0 and fetches one once
 /// (so the baseline includes what any fetch allocates).
 fn server_with_backlog(dir: &std::path::Path, toml: &str) -> (ServerProcess, u32) {
-    let (server, data) = start_with_config(dir, toml);
+    let (server, data) = ServerProcess::start_with_config(dir, toml);
     let pid = server_pid(&data);
     let mut c = RawClient::connect(server.addr).expect("connect");
     c.create_topic("big", 1);

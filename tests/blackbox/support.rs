@@ -105,6 +105,19 @@ impl ServerProcess {
         }
     }
 
+    /// Starts `weir server` with `toml` as its configuration file (written into `dir`) over
+    /// `dir/data`; returns the process and the data directory.
+    pub fn start_with_config(dir: &Path, toml: &str) -> (ServerProcess, PathBuf) {
+        let config = dir.join("weir.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let data = dir.join("data");
+        let config = config.to_str().expect("utf-8 path").to_owned();
+        (
+            ServerProcess::start_with(&data, &["--config", &config]),
+            data,
+        )
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
