@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use anyhow::{Context, Result};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
-use weir_client::{Acks, Client, ClientError, ProducerConfig, ProducerRecord};
+use weir_client::{Acks, Client, ClientError, ProducerConfig, ProducerRecord, Topic};
 
 use crate::args::{AcksArg, PAIRS_MAX, ProduceArgs};
 use crate::exit::{Exit, user_error};
@@ -85,6 +85,7 @@ pub async fn run(client: &Client, args: ProduceArgs) -> Result<()> {
         .spawn(move || read_lines(input, line_bytes_max, &tx))
         .context("cannot start the input reader")?;
 
+    let topic = Topic::from(&args.topic);
     let key = args.key.map(Bytes::from);
     let separator = args.key_separator.map(String::into_bytes);
     let headers: Vec<(String, Bytes)> = args
@@ -121,7 +122,7 @@ pub async fn run(client: &Client, args: ProduceArgs) -> Result<()> {
                 },
             };
             let record = ProducerRecord {
-                topic: args.topic.clone(),
+                topic: topic.clone(),
                 partition: args.partition,
                 key: k,
                 value: Some(value),

@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::error::{ClientError, Result};
-use crate::producer::ProducerInterceptor;
+use crate::producer::{BatchAckHandler, ProducerInterceptor};
 
 /// Largest `inflight_requests_max` accepted.
 pub const INFLIGHT_REQUESTS_MAX_LIMIT: u32 = 65_536;
@@ -174,6 +174,9 @@ pub struct ProducerConfig {
     pub partition_inflight_batches_max: u32,
     /// Hooks called before each record is batched and after it is acknowledged.
     pub interceptors: Vec<Arc<dyn ProducerInterceptor>>,
+    /// Where the outcomes of records sent with
+    /// [`send_tagged`](crate::Producer::send_tagged) go, a batch at a time.
+    pub batch_ack_handler: Option<Arc<dyn BatchAckHandler>>,
 }
 
 impl fmt::Debug for ProducerConfig {
@@ -193,6 +196,7 @@ impl fmt::Debug for ProducerConfig {
                 &self.partition_inflight_batches_max,
             )
             .field("interceptors", &self.interceptors.len())
+            .field("batch_ack_handler", &self.batch_ack_handler.is_some())
             .finish()
     }
 }
@@ -211,6 +215,7 @@ impl Default for ProducerConfig {
             partitioning: Partitioning::KeyHash,
             partition_inflight_batches_max: 1,
             interceptors: Vec::new(),
+            batch_ack_handler: None,
         }
     }
 }
@@ -219,6 +224,12 @@ impl ProducerConfig {
     /// Adds an interceptor; interceptors run in the order they were added.
     pub fn interceptor(mut self, interceptor: Arc<dyn ProducerInterceptor>) -> Self {
         self.interceptors.push(interceptor);
+        self
+    }
+
+    /// Sets the handler of records sent with [`send_tagged`](crate::Producer::send_tagged).
+    pub fn batch_ack_handler(mut self, handler: Arc<dyn BatchAckHandler>) -> Self {
+        self.batch_ack_handler = Some(handler);
         self
     }
 

@@ -28,7 +28,10 @@
 //! # Producing
 //!
 //! ```no_run
-//! use weir_client::{Client, ClientConfig, ProducerConfig, ProducerRecord};
+//! use std::sync::Arc;
+//! use weir_client::{
+//!     BatchAckHandler, BatchAcks, Client, ClientConfig, ProducerConfig, ProducerRecord, Topic,
+//! };
 //! # async fn f() -> Result<(), weir_client::ClientError> {
 //! let client = Client::connect("127.0.0.1:6086", ClientConfig::default()).await?;
 //! let producer = client.producer(ProducerConfig::default())?;
@@ -54,6 +57,22 @@
 //!     })
 //!     .await;
 //! producer.send_oneway(ProducerRecord::new("metrics").with_value("cpu=3")).await?;
+//! producer.close().await;
+//!
+//! // Many records to one topic, their outcomes a batch at a time: clone one `Topic`
+//! // (no copy of the name) and tag each record instead of giving it a callback.
+//! struct Log;
+//! impl BatchAckHandler for Log {
+//!     fn on_batch(&self, acks: &BatchAcks<'_>) {
+//!         println!("{} records to {}: {:?}", acks.records.len(), acks.topic, acks.result);
+//!     }
+//! }
+//! let config = ProducerConfig::default().batch_ack_handler(Arc::new(Log));
+//! let producer = client.producer(config)?;
+//! let topic = Topic::from("orders");
+//! for i in 0..1000u64 {
+//!     producer.send_tagged(ProducerRecord::new(topic.clone()).with_value("x"), i).await?;
+//! }
 //! producer.close().await;
 //! # Ok(()) }
 //! ```
@@ -133,8 +152,8 @@ pub use group::{
     Delivery, GroupConfig, GroupConsumer, GroupMode, OffsetStore, RebalanceListener, StartFrom,
 };
 pub use partitioner::{murmur2, partition_for_key};
-pub use producer::{Producer, ProducerInterceptor};
-pub use record::{ConsumerRecord, ProducerRecord, RecordMetadata};
+pub use producer::{BatchAckHandler, BatchAcks, Producer, ProducerInterceptor, TaggedAck};
+pub use record::{ConsumerRecord, ProducerRecord, RecordMetadata, Topic};
 /// The cancellation token [`Consumer::run`] stops on (re-exported from `tokio-util`).
 pub use tokio_util::sync::CancellationToken;
 /// Protocol types returned by [`Admin`] (topic info, metadata, error codes).

@@ -1,12 +1,125 @@
 //! The records applications send and receive.
 
+use std::borrow::Borrow;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
 use bytes::Bytes;
+
+/// A topic name that is cheap to clone: clones share one allocation.
+///
+/// A producer sending many records to one topic makes the name once and clones it into
+/// each [`ProducerRecord`], which costs a reference count instead of a copy of the
+/// string. It reads as a `&str` (`Deref`), compares with `str` and `String`, and is made
+/// from either with `into()`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Topic(Arc<str>);
+
+impl Topic {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether both are clones of one name (a pointer comparison).
+    pub(crate) fn same(&self, other: &Topic) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Deref for Topic {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Topic {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Topic {
+    fn from(name: &str) -> Self {
+        Topic(Arc::from(name))
+    }
+}
+
+impl From<String> for Topic {
+    fn from(name: String) -> Self {
+        Topic(Arc::from(name))
+    }
+}
+
+impl From<&String> for Topic {
+    fn from(name: &String) -> Self {
+        Topic(Arc::from(name.as_str()))
+    }
+}
+
+impl From<Arc<str>> for Topic {
+    fn from(name: Arc<str>) -> Self {
+        Topic(name)
+    }
+}
+
+impl From<&Topic> for Topic {
+    fn from(name: &Topic) -> Self {
+        name.clone()
+    }
+}
+
+impl From<Topic> for String {
+    fn from(name: Topic) -> Self {
+        name.0.as_ref().to_owned()
+    }
+}
+
+impl PartialEq<str> for Topic {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Topic {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Topic {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
 
 /// A record to send. Build it with [`ProducerRecord::new`] and the `with_*` helpers.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProducerRecord {
-    /// Destination topic.
-    pub topic: String,
+    /// Destination topic; clone one [`Topic`] into many records rather than building
+    /// the name anew for each.
+    pub topic: Topic,
     /// Explicit partition; `None` lets the partitioner choose.
     pub partition: Option<u32>,
     /// Key; keyed records land on `murmur2(key)`'s partition (see [`crate::partition_for_key`]).
@@ -20,8 +133,9 @@ pub struct ProducerRecord {
 }
 
 impl ProducerRecord {
-    /// A record for `topic` with no key, value or headers.
-    pub fn new(topic: impl Into<String>) -> Self {
+    /// A record for `topic` (a `&str`, a `String` or a [`Topic`], which is the cheapest
+    /// to pass: cloning one shares its name) with no key, value or headers.
+    pub fn new(topic: impl Into<Topic>) -> Self {
         Self {
             topic: topic.into(),
             ..Self::default()
@@ -79,7 +193,7 @@ impl ProducerRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordMetadata {
     /// Topic.
-    pub topic: String,
+    pub topic: Topic,
     /// Partition.
     pub partition: u32,
     /// Offset of the record: the batch's base offset plus the record's index in it;

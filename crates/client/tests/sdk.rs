@@ -4,15 +4,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{TestServer, create};
 use tokio::sync::oneshot;
 use weir_client::{
-    AutoOffsetReset, CancellationToken, ClientError, ConsumerConfig, ConsumerRecord,
-    ProducerConfig, ProducerRecord, SeekTo, partition_for_key, v1,
+    AutoOffsetReset, BatchAckHandler, BatchAcks, CancellationToken, ClientError, ConsumerConfig,
+    ConsumerRecord, ProducerConfig, ProducerRecord, SeekTo, TaggedAck, Topic, partition_for_key,
+    v1,
 };
 
 fn now_ms() -> i64 {
@@ -132,6 +133,90 @@ async fn sync_async_callback_and_oneway_sends_arrive_in_order() {
         vec![("h".to_owned(), Some(bytes::Bytes::from_static(b"x")))]
     );
     assert_eq!(consumer.position("t", 0), Some(13));
+    server.stop().await;
+}
+
+/// Keeps what a [`BatchAckHandler`] is told.
+#[derive(Default)]
+struct Batches {
+    calls: AtomicUsize,
+    acks: Mutex<Vec<(String, u32, TaggedAck)>>,
+}
+
+impl BatchAckHandler for Batches {
+    fn on_batch(&self, acks: &BatchAcks<'_>) {
+        assert!(acks.result.is_ok(), "{:?}", acks.result);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut all = self.acks.lock().unwrap();
+        for a in acks.records {
+            all.push((acks.topic.to_string(), acks.partition, *a));
+        }
+    }
+}
+
+#[tokio::test]
+async fn tagged_sends_are_reported_a_batch_at_a_time() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    create(&client, "t", 1).await;
+    let batches = Arc::new(Batches::default());
+    let mut pc = ProducerConfig::default().batch_ack_handler(batches.clone());
+    pc.linger_ms = 100;
+    let producer = client.producer(pc).unwrap();
+    let topic = Topic::from("t");
+    let (tx, rx) = oneshot::channel();
+    let mut tx = Some(tx);
+    for i in 0..100u64 {
+        let record = ProducerRecord::new(topic.clone())
+            .with_value(format!("v{i}"))
+            .with_timestamp_ms(1_000 + i as i64);
+        if i == 50 {
+            // A record with its own callback shares the batch, and takes its offset.
+            let tx = tx.take().expect("once");
+            producer
+                .send_with_callback(record, move |r| {
+                    let _ = tx.send(r);
+                })
+                .await;
+        } else {
+            producer.send_tagged(record, i * 10).await.unwrap();
+        }
+    }
+    let err = producer
+        .send_tagged(ProducerRecord::new("missing").with_value("x"), 7)
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().is_empty());
+    producer.close().await;
+    let md = rx.await.unwrap().unwrap();
+    assert_eq!((md.topic == "t", md.offset), (true, 50));
+
+    let acks = batches.acks.lock().unwrap().clone();
+    let expected: Vec<(String, u32, TaggedAck)> = (0..100u64)
+        .filter(|&i| i != 50)
+        .map(|i| {
+            let ack = TaggedAck {
+                tag: i * 10,
+                offset: i as i64,
+                timestamp_ms: 1_000 + i as i64,
+            };
+            ("t".to_owned(), 0, ack)
+        })
+        .collect();
+    assert_eq!(acks, expected, "every tag once, in offset order");
+    let calls = batches.calls.load(Ordering::Relaxed);
+    assert!(
+        calls <= 10,
+        "{calls} calls for 99 records lingering together"
+    );
+
+    let plain = client.producer(ProducerConfig::default()).unwrap();
+    let err = plain
+        .send_tagged(ProducerRecord::new("t").with_value("x"), 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::InvalidArgument(_)), "{err}");
+    plain.close().await;
     server.stop().await;
 }
 

@@ -32,8 +32,9 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use weir_client::{
-    Acks, AutoOffsetReset, Client, ClientConfig, ConsumerConfig, ConsumerRecord, GroupConfig,
-    GroupConsumer, ProducerConfig, ProducerRecord, SeekTo, StartFrom,
+    Acks, AutoOffsetReset, BatchAckHandler, BatchAcks, Client, ClientConfig, ConsumerConfig,
+    ConsumerRecord, GroupConfig, GroupConsumer, ProducerConfig, ProducerRecord, SeekTo, StartFrom,
+    Topic,
 };
 
 use self::payload::{PayloadWriter, STAMP_BYTES, Verifier};
@@ -499,6 +500,18 @@ impl Acked {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records sent at `sent` are acknowledged at `now`, together (one response).
+    fn ok_all(&self, now: Instant, sent: impl ExactSizeIterator<Item = Instant>) {
+        let n = sent.len() as u64;
+        let mut latency = self.latency.lock().expect("not poisoned");
+        for s in sent {
+            let ns = u64::try_from(now.saturating_duration_since(s).as_nanos()).unwrap_or(u64::MAX);
+            latency.saturating_record(ns.max(1));
+        }
+        drop(latency);
+        self.count.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// A record failed.
     fn failed(&self, error: &str) {
         self.errors.fetch_add(1, Ordering::Relaxed);
@@ -506,6 +519,31 @@ impl Acked {
             .lock()
             .expect("not poisoned")
             .get_or_insert_with(|| error.to_owned());
+    }
+}
+
+/// The native producer's acknowledgements, a batch at a time: a record's tag is its send
+/// time in ns after `base`, so no record needs a callback of its own.
+struct NativeAcks {
+    acked: Arc<Acked>,
+    base: Instant,
+}
+
+impl BatchAckHandler for NativeAcks {
+    fn on_batch(&self, acks: &BatchAcks<'_>) {
+        match acks.result {
+            Ok(()) => {
+                let sent = acks
+                    .records
+                    .iter()
+                    .map(|r| self.base + Duration::from_nanos(r.tag));
+                self.acked.ok_all(Instant::now(), sent);
+            }
+            Err(e) => {
+                let e = e.to_string();
+                acks.records.iter().for_each(|_| self.acked.failed(&e));
+            }
+        }
     }
 }
 
@@ -879,6 +917,10 @@ impl Bench {
             first_error: Mutex::new(None),
             latency: Mutex::new(report::histogram()),
         });
+        // One clock read per message: the send time, as an instant (ack latency, and the
+        // native record's tag as ns after `base`) and as Unix time (the stamp, and the
+        // record's timestamp).
+        let (base, base_unix_ns) = (Instant::now(), unix_ns());
         let mut sink = match (&client, &self.kafka_addr) {
             (Some(client), _) => {
                 let mut config = ProducerConfig::default();
@@ -888,7 +930,11 @@ impl Bench {
                 config.buffer_bytes_max = s.buffer_bytes;
                 config.request_timeout_ms = self.timeout_ms;
                 config.partition_inflight_batches_max = s.inflight;
-                Sink::Native(client.producer(config)?)
+                let acks = NativeAcks {
+                    acked: acked.clone(),
+                    base,
+                };
+                Sink::Native(client.producer(config.batch_ack_handler(Arc::new(acks)))?)
             }
             (None, Some(addr)) => {
                 let settings = kafka::ProducerSettings {
@@ -917,10 +963,7 @@ impl Bench {
             .rate
             .map(|r| Duration::from_secs_f64(f64::from(self.settings.producers) / r as f64));
         let oneway = s.acks() == Acks::None;
-        let topic = s.topic.clone();
-        // One clock read per message: the send time, as an instant (ack latency) and as
-        // Unix time (the stamp, and the record's timestamp).
-        let (base, base_unix_ns) = (Instant::now(), unix_ns());
+        let topic = Topic::from(&s.topic);
         let mut seq: u64 = 0;
         loop {
             if let Limit::Messages(m) = limit
@@ -945,8 +988,8 @@ impl Bench {
                 }
             }
             let sent = now;
-            let sent_ns =
-                base_unix_ns + u64::try_from((sent - base).as_nanos()).unwrap_or(u64::MAX);
+            let since_base = u64::try_from((sent - base).as_nanos()).unwrap_or(u64::MAX);
+            let sent_ns = base_unix_ns + since_base;
             let value = payloads.value(seq, sent_ns);
             let timestamp_ms = i64::try_from(sent_ns / 1_000_000).unwrap_or(i64::MAX);
             match &mut sink {
@@ -960,11 +1003,8 @@ impl Bench {
                         } else {
                             acked.count.fetch_add(1, Ordering::Relaxed);
                         }
-                    } else {
-                        let a = acked.clone();
-                        producer
-                            .send_with_callback(record, move |r| a.done(r, sent))
-                            .await;
+                    } else if let Err(e) = producer.send_tagged(record, since_base).await {
+                        acked.done(Err(e), sent);
                     }
                 }
                 Sink::Kafka(p) => p.send(value, timestamp_ms, sent).await?,

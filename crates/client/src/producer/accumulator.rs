@@ -11,7 +11,6 @@
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +18,7 @@ use weir_record::{BATCH_HEADER_BYTES, BatchBuilder, Record};
 
 use crate::config::Partitioning;
 use crate::partitioner::partition_for_key;
+use crate::record::Topic;
 
 /// Smallest buffer a new batch starts with; it grows as records come.
 const BATCH_CAPACITY_BYTES_MIN: usize = 4096;
@@ -78,7 +78,7 @@ struct OpenBatch<C> {
 #[derive(Debug)]
 pub(crate) struct SealedBatch<C> {
     pub id: u64,
-    pub topic: Arc<str>,
+    pub topic: Topic,
     pub lane: Lane,
     pub bytes: Bytes,
     pub records: Vec<Pending<C>>,
@@ -110,7 +110,7 @@ impl<C> PartQueue<C> {
 
 #[derive(Debug)]
 struct TopicQueues<C> {
-    name: Arc<str>,
+    name: Topic,
     parts: FxMap<Lane, PartQueue<C>>,
     /// Partition that records without key (or under round-robin) stick to.
     sticky: u32,
@@ -118,9 +118,17 @@ struct TopicQueues<C> {
     partitions: u32,
     /// When `partitions` was learnt; the fast path asks again once it is too old.
     partitions_at: Instant,
-    /// Size of the last sealed batch: the buffer the next batch starts with, so a batch
-    /// that fills up is not regrown (and copied) a dozen times on its way to the limit.
-    batch_bytes_hint: usize,
+    /// The size of the last sealed batch.
+    hint: BatchHint,
+}
+
+/// Bytes and records of the last sealed batch of a topic: the room the next batch
+/// starts with, so a batch that fills up is not regrown (and copied) a dozen times on
+/// its way to the limit.
+#[derive(Debug, Clone, Copy)]
+struct BatchHint {
+    bytes: usize,
+    records: usize,
 }
 
 /// What [`Accumulator::drain_ready`] hands to the sender.
@@ -148,7 +156,7 @@ pub(crate) enum Placed<C> {
 /// Where a record goes, as the sender asked.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Destination<'a> {
-    pub topic: &'a str,
+    pub topic: &'a Topic,
     pub key: Option<&'a [u8]>,
     pub partition: Option<u32>,
     pub partitioning: Partitioning,
@@ -167,7 +175,13 @@ struct Book {
 /// Per-partition batches of one producer.
 #[derive(Debug)]
 pub(crate) struct Accumulator<C> {
-    topics: FxMap<Arc<str>, TopicQueues<C>>,
+    /// Topics ever sent to; never removed, so an index stays valid.
+    topics: Vec<TopicQueues<C>>,
+    /// Index in `topics` by name.
+    topic_index: FxMap<Topic, usize>,
+    /// The topic the last fast-path send named and its index: a producer that clones
+    /// one [`Topic`] into its records finds it by pointer, without hashing the name.
+    last_topic: Option<(Topic, usize)>,
     book: Book,
     linger: Duration,
     /// Batches of one partition (and lane) in flight at once.
@@ -188,7 +202,9 @@ impl<C> Accumulator<C> {
         assert!(batch_bytes_max > BATCH_HEADER_BYTES);
         assert!(inflight_max >= 1);
         Self {
-            topics: FxMap::default(),
+            topics: Vec::new(),
+            topic_index: FxMap::default(),
+            last_topic: None,
             book: Book {
                 batch_bytes_max,
                 next_batch_id: 0,
@@ -206,29 +222,35 @@ impl<C> Accumulator<C> {
         self.book.batch_bytes_max - BATCH_HEADER_BYTES
     }
 
-    fn topic_mut(&mut self, topic: &str, partitions: u32, now: Instant) -> &mut TopicQueues<C> {
-        if !self.topics.contains_key(topic) {
-            let name: Arc<str> = Arc::from(topic);
-            let sticky = (self.seed % u64::from(partitions.max(1))) as u32;
-            self.topics.insert(
-                name.clone(),
-                TopicQueues {
+    /// The index of `topic`'s queues, made if new, with `partitions` learnt at `now`.
+    fn topic_at(&mut self, topic: &str, partitions: u32, now: Instant) -> usize {
+        let i = match self.topic_index.get(topic) {
+            Some(&i) => i,
+            None => {
+                let name = Topic::from(topic);
+                let sticky = (self.seed % u64::from(partitions.max(1))) as u32;
+                self.topic_index.insert(name.clone(), self.topics.len());
+                self.topics.push(TopicQueues {
                     name,
                     parts: FxMap::default(),
                     sticky,
                     partitions,
                     partitions_at: now,
-                    batch_bytes_hint: BATCH_CAPACITY_BYTES_MIN,
-                },
-            );
-        }
-        let t = self.topics.get_mut(topic).expect("inserted above");
+                    hint: BatchHint {
+                        bytes: BATCH_CAPACITY_BYTES_MIN,
+                        records: 0,
+                    },
+                });
+                self.topics.len() - 1
+            }
+        };
+        let t = &mut self.topics[i];
         t.partitions_at = now;
         if t.partitions != partitions {
             t.partitions = partitions;
             t.sticky %= partitions.max(1);
         }
-        t
+        i
     }
 
     /// The partition for a record whose topic has `partitions` partitions (as learnt
@@ -247,7 +269,10 @@ impl<C> Accumulator<C> {
         }
         match (partitioning, key) {
             (Partitioning::KeyHash, Some(k)) => partition_for_key(k, partitions),
-            _ => self.topic_mut(topic, partitions, Instant::now()).sticky,
+            _ => {
+                let i = self.topic_at(topic, partitions, Instant::now());
+                self.topics[i].sticky
+            }
         }
     }
 
@@ -263,9 +288,17 @@ impl<C> Accumulator<C> {
         reserved_bytes: usize,
         clock: impl FnOnce() -> Instant,
     ) -> Placed<C> {
-        let Some(t) = self.topics.get_mut(to.topic) else {
-            return Placed::NeedPartitions(completion);
+        let i = match &self.last_topic {
+            Some((name, i)) if name.same(to.topic) => *i,
+            _ => {
+                let Some(&i) = self.topic_index.get(to.topic.as_str()) else {
+                    return Placed::NeedPartitions(completion);
+                };
+                self.last_topic = Some((to.topic.clone(), i));
+                i
+            }
         };
+        let t = &mut self.topics[i];
         let partitions = t.partitions;
         let partition = match to.partition {
             Some(p) if p >= partitions => {
@@ -285,20 +318,24 @@ impl<C> Accumulator<C> {
             oneway: to.oneway,
         };
         let max = self.book.batch_bytes_max;
-        let fits = t
-            .parts
-            .get(&lane)
-            .and_then(|q| q.open.as_ref())
-            .is_some_and(|o| o.builder.size_bytes() + o.builder.record_bytes(&record) <= max);
-        let now = if fits {
-            None
-        } else {
-            let now = clock();
-            if now.saturating_duration_since(t.partitions_at) >= self.partitions_max_age {
-                return Placed::NeedPartitions(completion);
+        // The common case, a record joining its lane's open batch, takes one map lookup
+        // and sizes the record once.
+        if let Some(q) = t.parts.get_mut(&lane)
+            && let Some(open) = q.open.as_mut()
+            && open.builder.size_bytes() + open.builder.record_bytes(&record) <= max
+        {
+            if !push_open(open, record, completion, reserved_bytes, max) {
+                return Placed::Batched { wake: false };
             }
-            Some(now)
-        };
+            let b = q.open.take().expect("present");
+            q.ready.push_back(seal(b, &t.name, lane, &mut t.hint));
+            advance_sticky(t, lane);
+            return Placed::Batched { wake: true };
+        }
+        let now = clock();
+        if now.saturating_duration_since(t.partitions_at) >= self.partitions_max_age {
+            return Placed::NeedPartitions(completion);
+        }
         let wake = append_lane(
             &mut self.book,
             t,
@@ -329,8 +366,8 @@ impl<C> Accumulator<C> {
         reserved_bytes: usize,
         now: Instant,
     ) -> bool {
-        self.topic_mut(topic, partitions, now);
-        let t = self.topics.get_mut(topic).expect("just inserted");
+        let i = self.topic_at(topic, partitions, now);
+        let t = &mut self.topics[i];
         append_lane(
             &mut self.book,
             t,
@@ -338,7 +375,7 @@ impl<C> Accumulator<C> {
             record,
             completion,
             reserved_bytes,
-            Some(now),
+            now,
         )
     }
 
@@ -350,7 +387,7 @@ impl<C> Accumulator<C> {
         let mut next_deadline: Option<Instant> = None;
         let linger = self.linger;
         let inflight_max = self.inflight_max;
-        for t in self.topics.values_mut() {
+        for t in &mut self.topics {
             let mut sealed_sticky = Vec::new();
             for (lane, q) in &mut t.parts {
                 while q.in_flight < inflight_max {
@@ -364,7 +401,7 @@ impl<C> Accumulator<C> {
                     if deadline <= now {
                         let b = q.open.take().expect("present");
                         q.in_flight += 1;
-                        batches.push(seal(b, &t.name, *lane, &mut t.batch_bytes_hint));
+                        batches.push(seal(b, &t.name, *lane, &mut t.hint));
                         sealed_sticky.push(*lane);
                     } else {
                         next_deadline = Some(next_deadline.map_or(deadline, |d| d.min(deadline)));
@@ -384,12 +421,11 @@ impl<C> Accumulator<C> {
 
     /// Seals every open batch (for flush and close) so it goes out without lingering.
     pub(crate) fn seal_all(&mut self) {
-        for t in self.topics.values_mut() {
+        for t in &mut self.topics {
             let mut sealed = Vec::new();
             for (lane, q) in &mut t.parts {
                 if let Some(b) = q.open.take() {
-                    q.ready
-                        .push_back(seal(b, &t.name, *lane, &mut t.batch_bytes_hint));
+                    q.ready.push_back(seal(b, &t.name, *lane, &mut t.hint));
                     sealed.push(*lane);
                 }
             }
@@ -402,7 +438,7 @@ impl<C> Accumulator<C> {
     /// Marks a sent batch complete, which lets its partition send the next one.
     pub(crate) fn finish(&mut self, topic: &str, lane: Lane, id: u64) {
         self.book.live.remove(&id);
-        let Some(t) = self.topics.get_mut(topic) else {
+        let Some(t) = self.topic_index.get(topic).map(|&i| &mut self.topics[i]) else {
             return;
         };
         if let Entry::Occupied(mut e) = t.parts.entry(lane) {
@@ -436,8 +472,8 @@ impl<C> Accumulator<C> {
     }
 }
 
-/// Puts a record into its lane's open batch (see [`Accumulator::append`]). `now` is
-/// `None` only when the record fits the open batch, so no batch starts.
+/// Puts a record into its lane's open batch (see [`Accumulator::append`]), starting one
+/// at `now` if needed.
 fn append_lane<C>(
     book: &mut Book,
     t: &mut TopicQueues<C>,
@@ -445,7 +481,7 @@ fn append_lane<C>(
     record: Record<'_>,
     completion: C,
     reserved_bytes: usize,
-    now: Option<Instant>,
+    now: Instant,
 ) -> bool {
     let max = book.batch_bytes_max;
     let mut wake = false;
@@ -455,20 +491,19 @@ fn append_lane<C>(
         && open.builder.size_bytes() + open.builder.record_bytes(&record) > max
     {
         let b = q.open.take().expect("checked");
-        q.ready
-            .push_back(seal(b, &t.name, lane, &mut t.batch_bytes_hint));
+        q.ready.push_back(seal(b, &t.name, lane, &mut t.hint));
         sealed = true;
     }
     if q.open.is_none() {
         let id = book.next_batch_id;
         book.next_batch_id += 1;
         book.live.insert(id);
-        let capacity = t.batch_bytes_hint.max(BATCH_CAPACITY_BYTES_MIN).min(max);
+        let capacity = t.hint.bytes.max(BATCH_CAPACITY_BYTES_MIN).min(max);
         q.open = Some(OpenBatch {
             id,
             builder: BatchBuilder::with_capacity(record.timestamp_ms, capacity),
-            created: now.unwrap_or_else(Instant::now),
-            records: Vec::new(),
+            created: now,
+            records: Vec::with_capacity(t.hint.records),
             reserved_bytes: 0,
         });
         wake = true;
@@ -478,16 +513,9 @@ fn append_lane<C>(
         open.builder.size_bytes() + open.builder.record_bytes(&record) <= max,
         "record larger than an empty batch"
     );
-    open.builder.push(record);
-    open.records.push(Pending {
-        timestamp_ms: record.timestamp_ms,
-        completion,
-    });
-    open.reserved_bytes += reserved_bytes;
-    if open.builder.size_bytes() + 64 > max {
+    if push_open(open, record, completion, reserved_bytes, max) {
         let b = q.open.take().expect("present");
-        q.ready
-            .push_back(seal(b, &t.name, lane, &mut t.batch_bytes_hint));
+        q.ready.push_back(seal(b, &t.name, lane, &mut t.hint));
         sealed = true;
     }
     if sealed {
@@ -497,9 +525,30 @@ fn append_lane<C>(
     wake
 }
 
-fn seal<C>(b: OpenBatch<C>, topic: &Arc<str>, lane: Lane, hint: &mut usize) -> SealedBatch<C> {
+/// Pushes a record that fits into an open batch; returns whether the batch is now full
+/// (no room for another small record) and should be sealed.
+fn push_open<C>(
+    open: &mut OpenBatch<C>,
+    record: Record<'_>,
+    completion: C,
+    reserved_bytes: usize,
+    max: usize,
+) -> bool {
+    open.builder.push(record);
+    open.records.push(Pending {
+        timestamp_ms: record.timestamp_ms,
+        completion,
+    });
+    open.reserved_bytes += reserved_bytes;
+    open.builder.size_bytes() + 64 > max
+}
+
+fn seal<C>(b: OpenBatch<C>, topic: &Topic, lane: Lane, hint: &mut BatchHint) -> SealedBatch<C> {
     let bytes = b.builder.finish().freeze();
-    *hint = bytes.len();
+    *hint = BatchHint {
+        bytes: bytes.len(),
+        records: b.records.len(),
+    };
     SealedBatch {
         id: b.id,
         topic: topic.clone(),
@@ -714,8 +763,9 @@ mod tests {
     fn fast_path_needs_a_known_and_fresh_partition_count() {
         let t0 = Instant::now();
         let mut acc = Accumulator::<u32>::new(4096, Duration::from_secs(60), 1, HOUR);
+        let topic = Topic::from("t");
         let to = Destination {
-            topic: "t",
+            topic: &topic,
             key: None,
             partition: None,
             partitioning: Partitioning::KeyHash,

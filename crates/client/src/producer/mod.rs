@@ -8,12 +8,14 @@
 //! keeps a partition's records in send order, retries included; see
 //! `partition_inflight_batches_max` for pipelining). The sender queues each batch's first
 //! attempt on the connection itself, so pipelined batches leave in order. When the
-//! response arrives, each record's completion runs with its offset (base offset + index)
-//! and the reservation is released.
+//! response arrives, each record's completion runs with its offset (base offset + index),
+//! the records sent with `send_tagged` are reported to the [`BatchAckHandler`] in one
+//! call, and the reservation is released.
 //!
 //! The common send takes the fast path (`try_append`): the partition count is known, the
-//! buffer has room, so the record is batched under one lock with one map lookup and no
-//! clock read unless it starts a batch. Anything else (first send to a topic, a partition
+//! buffer has room, so the record is batched under one lock, with one map lookup (the
+//! partition's; the topic's too unless the record's [`Topic`] is a clone of the previous
+//! record's), no allocation and no clock read unless it starts a batch. Anything else (first send to a topic, a partition
 //! count older than `metadata_max_age_ms` when a batch starts, back-pressure) goes the
 //! slow, awaiting path.
 
@@ -34,7 +36,7 @@ use crate::client::Client;
 use crate::config::{Acks, ProducerConfig};
 use crate::conn::Exchange;
 use crate::error::{ClientError, Result};
-use crate::record::{ProducerRecord, RecordMetadata};
+use crate::record::{ProducerRecord, RecordMetadata, Topic};
 
 /// Hooks around every record a producer sends.
 ///
@@ -54,6 +56,45 @@ pub trait ProducerInterceptor: Send + Sync {
     }
 }
 
+/// Receives the outcomes of records sent with [`Producer::send_tagged`], one call per
+/// batch.
+///
+/// For a sender that tracks many records, this replaces a callback per record (a boxed
+/// closure, and a call, per record) with one call per produce request; each record is
+/// known by the `u64` tag it was sent with (a sequence number, an index into the
+/// caller's own table, a send time). Set it with
+/// [`ProducerConfig::batch_ack_handler`](crate::ProducerConfig::batch_ack_handler).
+/// It runs on the producer's tasks: keep it short and non-blocking.
+pub trait BatchAckHandler: Send + Sync {
+    /// Called once for each batch that carried tagged records, when its answer arrives
+    /// (or its last retry fails), after the interceptors' `on_ack`.
+    fn on_batch(&self, acks: &BatchAcks<'_>);
+}
+
+/// The outcome of the tagged records of one batch (see [`BatchAckHandler`]).
+#[derive(Debug)]
+pub struct BatchAcks<'a> {
+    /// Topic.
+    pub topic: &'a Topic,
+    /// Partition.
+    pub partition: u32,
+    /// `Ok` when the batch was written, or the error that failed all its records.
+    pub result: std::result::Result<(), &'a ClientError>,
+    /// The batch's tagged records, in offset order.
+    pub records: &'a [TaggedAck],
+}
+
+/// One record of [`BatchAcks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaggedAck {
+    /// The tag it was sent with.
+    pub tag: u64,
+    /// Its offset; -1 when the batch failed or was sent with acks none.
+    pub offset: i64,
+    /// Its create time (ms since the epoch).
+    pub timestamp_ms: i64,
+}
+
 /// Bytes a produce request frame adds around its batch (header, topic, fields).
 const PRODUCE_OVERHEAD_BYTES: u32 = 4096;
 
@@ -67,6 +108,8 @@ enum Completion {
     Channel(oneshot::Sender<Result<RecordMetadata>>),
     /// A callback waits.
     Callback(Callback),
+    /// The producer's [`BatchAckHandler`] hears of it under this tag, with its batch.
+    Tagged(u64),
 }
 
 impl std::fmt::Debug for Completion {
@@ -75,6 +118,7 @@ impl std::fmt::Debug for Completion {
             Completion::None => "None",
             Completion::Channel(_) => "Channel",
             Completion::Callback(_) => "Callback",
+            Completion::Tagged(_) => "Tagged",
         })
     }
 }
@@ -87,6 +131,9 @@ impl Completion {
                 let _ = tx.send(result);
             }
             Completion::Callback(cb) => cb(result),
+            // Reported by `send_batch` a batch at a time; a record that never reached a
+            // batch is reported to the caller of `send_tagged` instead.
+            Completion::Tagged(_) => {}
         }
     }
 }
@@ -270,6 +317,27 @@ impl Producer {
         {
             completion.complete(Err(e));
         }
+    }
+
+    /// Enqueues a record whose outcome goes, under `tag`, to the producer's
+    /// [`BatchAckHandler`], in one call with the other tagged records of its batch. The
+    /// cheapest way to learn of every record's outcome: no allocation and no callback
+    /// per record.
+    ///
+    /// Returns once the record is batched, after waiting for buffer room if needed. An
+    /// error means it was not batched (closed producer, unknown topic, record too large,
+    /// no handler in [`ProducerConfig`](crate::ProducerConfig)), and the handler will not
+    /// hear of it.
+    pub async fn send_tagged(&self, record: ProducerRecord, tag: u64) -> Result<()> {
+        if self.config().batch_ack_handler.is_none() {
+            return Err(ClientError::InvalidArgument(
+                "send_tagged needs ProducerConfig::batch_ack_handler".into(),
+            ));
+        }
+        let oneway = self.config().acks == Acks::None;
+        self.enqueue(record, oneway, Completion::Tagged(tag))
+            .await
+            .map_err(|(e, _)| e)
     }
 
     /// Enqueues a record with acks none: the server sends no response and nobody learns
@@ -661,20 +729,47 @@ async fn send_batch(shared: Arc<Shared>, batch: SealedBatch<Completion>, first: 
         tracing::debug!(%topic, partition = lane.partition, error = %e, "batch failed");
     }
     let quiet = shared.config.interceptors.is_empty();
+    let handler = shared.config.batch_ack_handler.as_deref();
+    let mut tagged = Vec::new();
     for (i, p) in records.into_iter().enumerate() {
-        if quiet && matches!(p.completion, Completion::None) {
-            continue;
+        let offset = match &result {
+            Ok(base) if *base >= 0 => base + i as i64,
+            _ => -1,
+        };
+        match p.completion {
+            Completion::None if quiet => continue,
+            Completion::Tagged(tag) => {
+                tagged.push(TaggedAck {
+                    tag,
+                    offset,
+                    timestamp_ms: p.timestamp_ms,
+                });
+                if quiet {
+                    continue;
+                }
+            }
+            _ => {}
         }
         let r = match &result {
-            Ok(base) => Ok(RecordMetadata {
-                topic: topic.to_string(),
+            Ok(_) => Ok(RecordMetadata {
+                topic: topic.clone(),
                 partition: lane.partition,
-                offset: if *base < 0 { -1 } else { base + i as i64 },
+                offset,
                 timestamp_ms: p.timestamp_ms,
             }),
             Err(e) => Err(e.clone()),
         };
         finish_record(&shared, p.completion, r);
+    }
+    if let Some(h) = handler
+        && !tagged.is_empty()
+    {
+        h.on_batch(&BatchAcks {
+            topic: &topic,
+            partition: lane.partition,
+            result: result.as_ref().map(|_| ()),
+            records: &tagged,
+        });
     }
     shared.buffer.add_permits(reserved_bytes);
     shared.state.lock().finish(&topic, lane, id);
