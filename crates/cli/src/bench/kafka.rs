@@ -264,7 +264,12 @@ impl KafkaProducer {
                 tokio::time::sleep_until(due.into()).await;
                 return Ok(());
             }
-            tokio::time::sleep_until(deadline.into()).await;
+            // tokio's timer rounds a deadline up to its next millisecond tick, even one
+            // already past: sleeping only when the deadline is ahead keeps that millisecond
+            // out of every lingering record's latency.
+            if deadline > Instant::now() {
+                tokio::time::sleep_until(deadline.into()).await;
+            }
             let permit = self.inflight.clone().acquire_owned().await?;
             self.flush(permit).await?;
         }
