@@ -35,6 +35,13 @@ pub trait DiskFile: Send + Sync + fmt::Debug {
         self.write_all_at(&parts.concat(), pos)
     }
 
+    /// Asks the kernel to start writing `len` bytes from `pos` back to the disk now, in the
+    /// background, instead of all at once when too many pages are dirty. A hint: it makes
+    /// nothing durable and its failure loses nothing.
+    fn start_writeback(&self, _pos: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+
     /// `fdatasync`: makes written data (and the length) durable.
     fn sync_data(&self) -> io::Result<()>;
 
@@ -155,6 +162,15 @@ impl DiskFile for FsFile {
         // The capacity may exceed `len`, and so may the last read.
         v.truncate(len);
         Ok(v)
+    }
+
+    fn start_writeback(&self, pos: u64, len: u64) -> io::Result<()> {
+        // POSIX_FADV_DONTNEED starts asynchronous writeback of the range's dirty pages
+        // (Linux `generic_fadvise`), and drops only pages already clean: the bytes just
+        // appended stay cached for readers at the tail.
+        let len = std::num::NonZeroU64::new(len);
+        rustix::fs::fadvise(&self.file, pos, len, rustix::fs::Advice::DontNeed)?;
+        Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {

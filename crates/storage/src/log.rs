@@ -22,6 +22,12 @@ use crate::segment::{
 };
 use crate::{Clock, StorageError};
 
+/// Unless fsync is `always`, appends start the writeback of every this many bytes of the
+/// active segment. Otherwise dirty pages pile up until the kernel flushes them in a burst
+/// that stalls appends; on the development VM early writeback raised 100-byte appends with
+/// fsync `never` from 3.56 M to 4.4 M msg/s (median of 5). No durability is implied.
+const WRITEBACK_BYTES: u64 = 8 * 1024 * 1024;
+
 /// The header prefix an append patches (baseOffset, batchLength, partitionLeaderEpoch):
 /// written from a copy, the rest of each batch from the caller's buffer.
 const PATCHED_HEADER_BYTES: usize = 16;
@@ -102,6 +108,9 @@ struct State {
     roll_pending: Option<i64>,
     /// Clock time of the last completed sync, for [`FsyncPolicy::IntervalMs`].
     last_sync_ms: i64,
+    /// Unless fsync is `always`: the active segment's base offset, and the position up to
+    /// which its writeback was started (see [`WRITEBACK_BYTES`]).
+    writeback: (i64, u64),
 }
 
 impl State {
@@ -239,6 +248,7 @@ impl Log {
                 closed: false,
                 roll_pending: None,
                 last_sync_ms: now,
+                writeback: (i64::MIN, 0),
             }),
             synced: Condvar::new(),
         };
@@ -363,6 +373,7 @@ impl Log {
                 })
                 .collect(),
         };
+        let mut writeback = st.writeback;
         let seg = st.active_mut();
         let seg_pos = seg.size_bytes;
         if let Err(e) = seg.file.write_all_vectored_at(&parts, seg_pos) {
@@ -394,6 +405,19 @@ impl Log {
         }
         seg.size_bytes += total;
         seg.first_append_ms.get_or_insert(now);
+        if self.config.fsync != FsyncPolicy::Always {
+            if writeback.0 != seg.base_offset {
+                writeback = (seg.base_offset, seg_pos);
+            }
+            let pending = seg.size_bytes - writeback.1;
+            if pending >= WRITEBACK_BYTES {
+                if let Err(e) = seg.file.start_writeback(writeback.1, pending) {
+                    tracing::debug!(dir = %self.dir.display(), error = %e, "starting writeback failed");
+                }
+                writeback.1 = seg.size_bytes;
+            }
+        }
+        st.writeback = writeback;
         st.log_end = next;
         if let FsyncPolicy::IntervalMs(ms) = self.config.fsync {
             let due = now.saturating_sub(st.last_sync_ms) >= ms as i64;

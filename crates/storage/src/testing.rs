@@ -143,6 +143,8 @@ struct Faults {
     syncs: AtomicU64,
     /// `write_all_at` calls on files, failed ones included.
     writes: AtomicU64,
+    /// `start_writeback` calls on files: (position, length), in order.
+    writebacks: Mutex<Vec<(u64, u64)>>,
     /// Armed fault for `sync_data`.
     sync_fault: Mutex<Option<Fault>>,
     /// Armed fault for `write_all_at`.
@@ -285,6 +287,11 @@ impl FaultyDisk {
         self.faults.writes.load(Ordering::SeqCst)
     }
 
+    /// The (position, length) of every `start_writeback` hint so far, in order.
+    pub fn writebacks(&self) -> Vec<(u64, u64)> {
+        self.faults.writebacks.lock().clone()
+    }
+
     /// Paths of the files whose `sync_data` was failed by this disk, in order.
     pub fn failed_syncs(&self) -> Vec<PathBuf> {
         self.faults.failed_syncs.lock().clone()
@@ -419,6 +426,12 @@ impl DiskFile for FaultyFile {
             pos,
             bytes: buf.to_vec(),
         });
+        Ok(())
+    }
+
+    fn start_writeback(&self, pos: u64, len: u64) -> io::Result<()> {
+        // Recorded for tests; a hint changes nothing a simulated power cut keeps.
+        self.faults.writebacks.lock().push((pos, len));
         Ok(())
     }
 

@@ -637,6 +637,36 @@ fn one_fsync_covers_every_earlier_append() {
     assert_eq!(log.high_watermark(), 10);
 }
 
+/// Without fsync `always`, every 8 MiB appended to the active segment starts its
+/// writeback (a hint, contiguous ranges, nothing skipped); with `always`, fdatasync does.
+#[test]
+fn appends_start_writeback_every_8_mib_unless_fsync_is_always() {
+    for fsync in [FsyncPolicy::Never, FsyncPolicy::Always] {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(FaultyDisk::new(Arc::new(FsDisk)));
+        let config = LogConfig {
+            fsync,
+            ..LogConfig::default()
+        };
+        let (log, _) = open_with(dir.path(), config, disk.clone(), Arc::new(SystemClock));
+        let mut written = 0u64;
+        while written < 20 << 20 {
+            let mut b = batch(16, T0, 64 * 1024);
+            written += b.len() as u64;
+            log.append(&mut b, 1).unwrap();
+        }
+        let hints = disk.writebacks();
+        if fsync == FsyncPolicy::Always {
+            assert!(hints.is_empty(), "{hints:?}");
+            continue;
+        }
+        assert_eq!(hints.len(), 2, "{hints:?}");
+        assert_eq!(hints[0].0, 0);
+        assert_eq!(hints[1].0, hints[0].0 + hints[0].1, "contiguous");
+        assert!(hints.iter().all(|(_, len)| *len >= 8 << 20), "{hints:?}");
+    }
+}
+
 #[test]
 fn concurrent_appenders_share_fsyncs() {
     const THREADS: usize = 4;
