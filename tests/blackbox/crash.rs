@@ -9,8 +9,9 @@
 //! WEIR_CRASH_ROUNDS=200 cargo test --release -p weir-cli --test blackbox crash -- --nocapture
 //! ```
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
@@ -27,6 +28,40 @@ const CI_ROUNDS: usize = 20;
 
 /// What one producer had acknowledged: (offset, seq) for each acked record.
 pub type Acked = Vec<(i64, u64)>;
+
+/// One [`produce_numbered`] thread per partition of `topic`, partition `p` starting at
+/// `next_seq[p]`, until [`NumberedProducers::stop_into`].
+pub struct NumberedProducers {
+    stop: Arc<AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<(u32, Acked)>>,
+}
+
+impl NumberedProducers {
+    pub fn start(addr: std::net::SocketAddr, topic: &'static str, next_seq: &[u64]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = (0u32..)
+            .zip(next_seq)
+            .map(|(p, &first)| {
+                let stop = stop.clone();
+                std::thread::spawn(move || (p, produce_numbered(addr, topic, p, first, stop)))
+            })
+            .collect();
+        Self { stop, handles }
+    }
+
+    /// Stops the producers and adds what each had acknowledged (offset → seq) to
+    /// `all_acked[partition]`; returns how many records that was.
+    pub fn stop_into(self, all_acked: &mut [BTreeMap<i64, u64>]) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut n = 0;
+        for h in self.handles {
+            let (p, acked) = h.join().expect("producer thread");
+            n += acked.len();
+            all_acked[p as usize].extend(acked);
+        }
+        n
+    }
+}
 
 fn value(partition: u32, seq: u64) -> Vec<u8> {
     format!("p{partition}-{seq:012}").into_bytes()
@@ -125,29 +160,10 @@ fn kill_9_during_produce_loses_nothing_acknowledged() {
     let mut restarts = Vec::with_capacity(rounds);
     let mut stored_total = 0;
     for round in 0..rounds {
-        let stop = Arc::new(AtomicBool::new(false));
-        let results = Arc::new(Mutex::new(Vec::new()));
-        let handles: Vec<_> = (0..PARTITIONS)
-            .map(|p| {
-                let (addr, stop, results) = (server.addr, stop.clone(), results.clone());
-                let first = next_seq[p as usize];
-                std::thread::spawn(move || {
-                    let acked = produce_numbered(addr, TOPIC, p, first, stop);
-                    results.lock().expect("lock").push((p, acked));
-                })
-            })
-            .collect();
+        let producers = NumberedProducers::start(server.addr, TOPIC, &next_seq);
         std::thread::sleep(Duration::from_millis(rng.random_range(100..600)));
         server.kill9();
-        stop.store(true, Ordering::Relaxed);
-        for h in handles {
-            h.join().expect("producer thread");
-        }
-        for (p, acked) in results.lock().expect("lock").drain(..) {
-            for (offset, seq) in acked {
-                all_acked[p as usize].insert(offset, seq);
-            }
-        }
+        producers.stop_into(&mut all_acked);
 
         let restart = std::time::Instant::now();
         server = ServerProcess::start(&data);

@@ -2,14 +2,12 @@
 //! corrupt sealed segment, and a disk that fills up.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
 use weir_proto::v1::ErrorCode;
 
-use crate::crash::{parse, produce_numbered};
+use crate::crash::{NumberedProducers, parse};
 use crate::harness::{Tmpfs, create_topic_with, fetch_once, partition_dir, produce};
 use crate::support::{RawClient, ServerProcess};
 
@@ -31,37 +29,16 @@ fn sigterm_under_load_loses_nothing_acknowledged() {
     let mut next_seq = vec![0u64; PARTITIONS as usize];
     let mut rng = rand::rng();
     for round in 0..3 {
-        let stop = Arc::new(AtomicBool::new(false));
-        let results = Arc::new(Mutex::new(Vec::new()));
-        let handles: Vec<_> = (0..PARTITIONS)
-            .map(|p| {
-                let (addr, stop, results) = (server.addr, stop.clone(), results.clone());
-                let first = next_seq[p as usize];
-                std::thread::spawn(move || {
-                    let acked = produce_numbered(addr, TOPIC, p, first, stop);
-                    results.lock().expect("lock").push((p, acked));
-                })
-            })
-            .collect();
+        let producers = NumberedProducers::start(server.addr, TOPIC, &next_seq);
         std::thread::sleep(Duration::from_millis(rng.random_range(200..500)));
         let status = server.terminate();
-        stop.store(true, Ordering::Relaxed);
+        let acked_now = producers.stop_into(&mut all_acked);
         assert!(
             status.success(),
             "round {round}: exit {status:?}\n{}",
             server.log()
         );
         assert!(server.log().contains("broker stopped"));
-        for h in handles {
-            h.join().expect("producer");
-        }
-        let mut acked_now = 0;
-        for (p, acked) in results.lock().expect("lock").drain(..) {
-            acked_now += acked.len();
-            for (offset, seq) in acked {
-                all_acked[p as usize].insert(offset, seq);
-            }
-        }
         assert!(
             acked_now > 0,
             "round {round}: nothing acknowledged under load"
@@ -111,23 +88,10 @@ fn kill_9_with_fsync_never_loses_nothing_acknowledged() {
     let mut next_seq = vec![0u64; PARTITIONS as usize];
     let mut rng = rand::rng();
     for round in 0..3 {
-        let stop = Arc::new(AtomicBool::new(false));
-        let handles: Vec<_> = (0..PARTITIONS)
-            .map(|p| {
-                let (addr, stop) = (server.addr, stop.clone());
-                let first = next_seq[p as usize];
-                std::thread::spawn(move || (p, produce_numbered(addr, TOPIC, p, first, stop)))
-            })
-            .collect();
+        let producers = NumberedProducers::start(server.addr, TOPIC, &next_seq);
         std::thread::sleep(Duration::from_millis(rng.random_range(100..400)));
         server.kill9();
-        stop.store(true, Ordering::Relaxed);
-        let mut acked_now = 0;
-        for h in handles {
-            let (p, acked) = h.join().expect("producer");
-            acked_now += acked.len();
-            all_acked[p as usize].extend(acked);
-        }
+        let acked_now = producers.stop_into(&mut all_acked);
         assert!(acked_now > 0, "round {round}: nothing acknowledged");
         server = ServerProcess::start(&data);
         let mut c = RawClient::connect(server.addr).expect("connect");

@@ -99,66 +99,6 @@ fn kcat_consume(broker: SocketAddr, topic: &str) -> Vec<Value> {
     .collect()
 }
 
-/// A record as the native protocol returns it.
-#[derive(Debug, PartialEq, Eq)]
-struct NativeRecord {
-    offset: i64,
-    timestamp_ms: i64,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    headers: Vec<(String, Vec<u8>)>,
-}
-
-/// Every record of one partition, read over the native protocol.
-fn native_read(c: &mut RawClient, topic: &str, partition: u32) -> Vec<NativeRecord> {
-    let mut out = Vec::new();
-    let mut offset = 0i64;
-    loop {
-        let resp = c
-            .call(&Request::Fetch(v1::FetchRequest {
-                max_wait_ms: 0,
-                min_bytes: 0,
-                max_bytes: 4 << 20,
-                partitions: vec![v1::FetchPartition {
-                    topic: topic.into(),
-                    partition,
-                    offset,
-                    max_bytes: 4 << 20,
-                }],
-            }))
-            .expect("fetch");
-        let Response::Fetch(f) = resp else {
-            panic!("unexpected {resp:?}")
-        };
-        let p = &f.partitions[0];
-        assert!(p.status.clone().unwrap_or_default().is_ok(), "{p:?}");
-        if p.records.is_empty() {
-            return out;
-        }
-        for batch in weir_record::BatchIter::new(&p.records) {
-            let (_, bytes) = batch.expect("batch header");
-            for rec in weir_record::records(bytes).expect("uncompressed, valid batch") {
-                let rec = rec.expect("record");
-                if rec.offset < offset {
-                    continue;
-                }
-                out.push(NativeRecord {
-                    offset: rec.offset,
-                    timestamp_ms: rec.timestamp_ms,
-                    key: rec.key.map(<[u8]>::to_vec),
-                    value: rec.value.map(<[u8]>::to_vec),
-                    headers: rec
-                        .headers
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), v.unwrap_or_default().to_vec()))
-                        .collect(),
-                });
-                offset = rec.offset + 1;
-            }
-        }
-    }
-}
-
 fn native_topics(c: &mut RawClient) -> Vec<String> {
     let resp = c
         .call(&Request::ListTopics(v1::ListTopicsRequest {}))
@@ -233,7 +173,7 @@ fn records_cross_between_the_kafka_and_native_protocols_intact() {
     );
     assert!(native_topics(&mut native).contains(&"from-kafka".to_owned()));
     let as_kafka = kcat_consume(broker, "from-kafka");
-    let as_native = native_read(&mut native, "from-kafka", 0);
+    let as_native = native.read_records("from-kafka", 0);
     assert_eq!(as_native.len(), 2);
     for (k, n) in as_kafka.iter().zip(&as_native) {
         assert_eq!(n.offset, k["offset"].as_i64().expect("offset"));
@@ -249,8 +189,8 @@ fn records_cross_between_the_kafka_and_native_protocols_intact() {
         assert_eq!(
             n.headers,
             [
-                ("h1".to_owned(), b"one".to_vec()),
-                ("h2".to_owned(), b"two".to_vec())
+                ("h1".to_owned(), Some(b"one".to_vec())),
+                ("h2".to_owned(), Some(b"two".to_vec()))
             ]
         );
     }

@@ -4,22 +4,11 @@
 use rand::Rng;
 use weir_proto::{Request, Response, v1};
 
-use crate::support::{RawClient, ServerProcess, batch_of};
+use crate::support::{RawClient, ServerProcess};
 
 fn produce(c: &mut RawClient, topic: &str, partition: u32, values: &[Vec<u8>]) {
-    let resp = c
-        .call(&Request::Produce(v1::ProduceRequest {
-            topic: topic.into(),
-            partition,
-            acks: v1::Acks::All as i32,
-            timeout_ms: 0,
-            records: batch_of(values).freeze(),
-        }))
-        .expect("produce");
-    let Response::Produce(r) = resp else {
-        panic!("unexpected {resp:?}")
-    };
-    assert!(r.status.unwrap_or_default().is_ok());
+    let (status, _) = crate::harness::produce(c, topic, partition, values);
+    assert!(status.is_ok());
 }
 
 /// Ten values of fixed width, so that every batch has the same size.

@@ -25,52 +25,16 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `weir server` on an ephemeral port over `data_dir`, with extra arguments.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> ServerProcess {
-        let log_path = data_dir.with_extension(format!(
-            "{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        let log = std::fs::File::create(&log_path).expect("create server log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .arg("server")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.arg("server")
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--native-addr")
             .arg("127.0.0.1:0")
             .args(extra)
-            .env("RUST_LOG", "info")
             // Every listener on an ephemeral port, so parallel tests never collide.
-            .env("WEIR_KAFKA_ADDR", "127.0.0.1:0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn weir server");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if let Some(addr) = line.strip_prefix("weir listening native=") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(a) => a.parse().expect("listening address"),
-            Err(_) => {
-                let _ = child.kill();
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                panic!("weir server did not start; its log:\n{log}");
-            }
-        };
-        ServerProcess {
-            child,
-            addr,
-            log_path,
-        }
+            .env("WEIR_KAFKA_ADDR", "127.0.0.1:0");
+        launch(cmd, data_dir, false).0
     }
 
     /// Starts `weir server` with defaults over `data_dir`.
@@ -217,6 +181,15 @@ impl RawClient {
     /// Reads a whole partition up to its high watermark as (offset, value) pairs,
     /// checking every batch's CRC and that offsets are contiguous from the log start.
     pub fn read_all(&mut self, topic: &str, partition: u32) -> Vec<(i64, Vec<u8>)> {
+        self.read_records(topic, partition)
+            .into_iter()
+            .map(|r| (r.offset, r.value.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Reads a whole partition up to its high watermark, checking every batch's CRC and
+    /// that offsets are contiguous from the log start.
+    pub fn read_records(&mut self, topic: &str, partition: u32) -> Vec<weir_record::OwnedRecord> {
         let mut out = Vec::new();
         let mut offset = 0i64;
         loop {
@@ -254,7 +227,7 @@ impl RawClient {
                         continue;
                     }
                     assert_eq!(rec.offset, offset, "offsets are contiguous");
-                    out.push((rec.offset, rec.value.unwrap_or_default().to_vec()));
+                    out.push(rec.to_owned_record());
                     offset += 1;
                 }
             }
@@ -293,59 +266,74 @@ impl KafkaServer {
     /// port, set through `WEIR_*` variables (and `envs` after them), and waits for both
     /// `weir listening` lines.
     pub fn start_env(data_dir: &Path, envs: &[(&str, &str)]) -> KafkaServer {
-        let log_path = data_dir.with_extension(format!(
-            "{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        let log = std::fs::File::create(&log_path).expect("create server log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .arg("server")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+        cmd.arg("server")
             .env("WEIR_DATA_DIR", data_dir)
             .env("WEIR_NATIVE_ADDR", "127.0.0.1:0")
             .env("WEIR_KAFKA_ADDR", "127.0.0.1:0")
-            .env("RUST_LOG", "info")
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn weir server");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let (mut native, mut kafka) = (None, None);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if let Some(a) = line.strip_prefix("weir listening native=") {
-                    native = Some(a.trim().to_owned());
-                } else if let Some(a) = line.strip_prefix("weir listening kafka=") {
-                    kafka = Some(a.trim().to_owned());
-                }
-                if let (Some(n), Some(k)) = (&native, &kafka) {
-                    let _ = tx.send((n.clone(), k.clone()));
-                }
-            }
-        });
-        let (native, kafka) = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                panic!("weir server did not start with its kafka listener; its log:\n{log}");
-            }
-        };
+            .envs(envs.iter().copied());
+        let (process, kafka_addr) = launch(cmd, data_dir, true);
         KafkaServer {
-            process: ServerProcess {
-                child,
-                addr: native.parse().expect("native address"),
-                log_path,
-            },
-            kafka_addr: kafka.parse().expect("kafka address"),
+            process,
+            kafka_addr: kafka_addr.expect("kafka address"),
         }
     }
+}
+
+/// Runs `cmd` (a `weir server`) with its log in a file beside `data_dir`, and waits for its
+/// `weir listening native=` line, and its `kafka=` line too when `kafka` is asked for.
+fn launch(mut cmd: Command, data_dir: &Path, kafka: bool) -> (ServerProcess, Option<SocketAddr>) {
+    let log_path = data_dir.with_extension(format!(
+        "{}.log",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let log = std::fs::File::create(&log_path).expect("create server log file");
+    let mut child = cmd
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("spawn weir server");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut native, mut kafka_addr) = (None, None);
+        // Read to the end, so the server never writes into a closed pipe.
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Some(a) = line.strip_prefix("weir listening native=") {
+                native = Some(a.trim().to_owned());
+            } else if let Some(a) = line.strip_prefix("weir listening kafka=") {
+                kafka_addr = Some(a.trim().to_owned());
+            }
+            if let Some(n) = &native
+                && (!kafka || kafka_addr.is_some())
+            {
+                let _ = tx.send((n.clone(), kafka_addr.clone()));
+            }
+        }
+    });
+    let (native, kafka_addr) = match rx.recv_timeout(START_TIMEOUT) {
+        Ok(a) => a,
+        Err(_) => {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            panic!("weir server did not start; its log:\n{log}");
+        }
+    };
+    let process = ServerProcess {
+        child,
+        addr: native.parse().expect("native address"),
+        log_path,
+    };
+    (
+        process,
+        kafka_addr.map(|a| a.parse().expect("kafka address")),
+    )
 }
 
 /// A Kafka request frame: the size prefix, a v1 request header (api key, version,

@@ -71,19 +71,29 @@ async fn open_with(dir: &std::path::Path, disk: Arc<FaultyDisk>) -> Broker {
     Broker::open(config).await.expect("open broker")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_fsync_fails_the_partition_until_restart_and_loses_nothing_acknowledged() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A broker on a faultless-for-now disk, with topic "t" of `partitions` partitions and
+/// "a", "b" acknowledged (acks=all) in partition 0.
+async fn with_acknowledged_a_b(
+    dir: &std::path::Path,
+    partitions: u32,
+) -> (Arc<FaultyDisk>, Broker) {
     let disk = Arc::new(FaultyDisk::new(Arc::new(FsDisk)));
-    let broker = open_with(dir.path(), disk.clone()).await;
+    let broker = open_with(dir, disk.clone()).await;
     broker
-        .create_topic("t", 2, BTreeMap::new())
+        .create_topic("t", partitions, BTreeMap::new())
         .await
         .expect("create");
     broker
         .produce("t", 0, batch(&["a", "b"]), Acks::All, 0)
         .await
         .expect("acknowledged");
+    (disk, broker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_fails_the_partition_until_restart_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (disk, broker) = with_acknowledged_a_b(dir.path(), 2).await;
 
     disk.fail_syncs_after(0, FaultKind::Eio);
     let failed = broker.produce("t", 0, batch(&["c"]), Acks::All, 0).await;
@@ -134,16 +144,7 @@ async fn a_failed_fsync_fails_the_partition_until_restart_and_loses_nothing_ackn
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_reported_damages_nothing_and_writes_resume_when_space_returns() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let disk = Arc::new(FaultyDisk::new(Arc::new(FsDisk)));
-    let broker = open_with(dir.path(), disk.clone()).await;
-    broker
-        .create_topic("t", 1, BTreeMap::new())
-        .await
-        .expect("create");
-    broker
-        .produce("t", 0, batch(&["a", "b"]), Acks::All, 0)
-        .await
-        .expect("acknowledged");
+    let (disk, broker) = with_acknowledged_a_b(dir.path(), 1).await;
 
     disk.fail_writes_after(0, FaultKind::Enospc);
     for acks in [Acks::All, Acks::Leader] {

@@ -134,15 +134,7 @@ impl Admin {
             ResetOffsets,
             v1::ResetOffsetsRequest {
                 group_id: group_id.to_owned(),
-                offsets: offsets
-                    .into_iter()
-                    .map(|(topic, partition, offset)| v1::PartitionOffset {
-                        topic,
-                        partition,
-                        offset,
-                        metadata: String::new(),
-                    })
-                    .collect(),
+                offsets: v1::PartitionOffset::list(offsets),
             }
         )
         .partitions)

@@ -724,16 +724,9 @@ async fn join_and_sync(
             }
             _ => check(sync.status.as_ref())?,
         }
-        return Ok(v1::ConsumerAssignment::decode(sync.assignment)
-            .map_err(|e| ClientError::Protocol(format!("assignment: {e}")))?
-            .partitions
-            .into_iter()
-            .flat_map(|tp| {
-                tp.partitions
-                    .into_iter()
-                    .map(move |p| (tp.topic.clone(), p))
-            })
-            .collect());
+        let assignment = v1::ConsumerAssignment::decode(sync.assignment)
+            .map_err(|e| ClientError::Protocol(format!("assignment: {e}")))?;
+        return Ok(v1::TopicPartitions::flatten(assignment.partitions).collect());
     }
 }
 
@@ -753,15 +746,7 @@ async fn leader_assign(
         subs.push(MemberSubscription {
             member_id: m.member_id.clone(),
             topics: s.topics.into_iter().collect(),
-            owned: s
-                .owned
-                .into_iter()
-                .flat_map(|tp| {
-                    tp.partitions
-                        .into_iter()
-                        .map(move |p| (tp.topic.clone(), p))
-                })
-                .collect(),
+            owned: v1::TopicPartitions::flatten(s.owned).collect(),
             generation: s.generation_id,
         });
     }
@@ -845,15 +830,7 @@ async fn commit_positions(
                 GroupMode::Clustering => config.group_instance_id.clone().unwrap_or_default(),
                 GroupMode::Broadcast { .. } => String::new(),
             },
-            offsets: positions
-                .into_iter()
-                .map(|(topic, partition, offset)| v1::PartitionOffset {
-                    topic,
-                    partition,
-                    offset,
-                    metadata: String::new(),
-                })
-                .collect(),
+            offsets: v1::PartitionOffset::list(positions),
         }
     );
     match code(r.status.as_ref()) {

@@ -333,6 +333,31 @@ fn check_version(version: u8) -> Result<(), BodyError> {
     }
 }
 
+impl v1::PartitionOffset {
+    /// Offsets to commit or set, from (topic, partition, offset), with no metadata.
+    pub fn list(offsets: Vec<(String, u32, i64)>) -> Vec<v1::PartitionOffset> {
+        offsets
+            .into_iter()
+            .map(|(topic, partition, offset)| v1::PartitionOffset {
+                topic,
+                partition,
+                offset,
+                metadata: String::new(),
+            })
+            .collect()
+    }
+}
+
+impl v1::TopicPartitions {
+    /// Every (topic, partition) of a list of these, in order.
+    pub fn flatten(list: Vec<v1::TopicPartitions>) -> impl Iterator<Item = (String, u32)> {
+        list.into_iter().flat_map(|tp| {
+            let topic = tp.topic;
+            tp.partitions.into_iter().map(move |p| (topic.clone(), p))
+        })
+    }
+}
+
 impl v1::Status {
     /// A status with the given code and message.
     pub fn new(code: v1::ErrorCode, message: impl Into<String>) -> Self {

@@ -66,6 +66,11 @@ pub struct RecordIter<'a> {
 /// Compressed batches return [`RecordError::Compressed`].
 pub fn records(batch: &[u8]) -> Result<RecordIter<'_>, RecordError> {
     let h = validate_batch(batch)?;
+    iter_uncompressed(batch, &h)
+}
+
+/// The record iterator over `batch`, whose header `h` was checked.
+fn iter_uncompressed<'a>(batch: &'a [u8], h: &BatchHeader) -> Result<RecordIter<'a>, RecordError> {
     let c = h.compression();
     if c != Compression::None {
         return Err(RecordError::Compressed(c));
@@ -91,17 +96,7 @@ pub fn records_without_crc(batch: &[u8]) -> Result<RecordIter<'_>, RecordError> 
     if h.records_count < 0 {
         return Err(RecordError::Invalid("negative record count"));
     }
-    let c = h.compression();
-    if c != Compression::None {
-        return Err(RecordError::Compressed(c));
-    }
-    Ok(RecordIter {
-        buf: batch,
-        pos: BATCH_HEADER_BYTES,
-        remaining: h.records_count,
-        base_offset: h.base_offset,
-        base_timestamp: h.base_timestamp,
-    })
+    iter_uncompressed(batch, &h)
 }
 
 fn take<'a>(buf: &'a [u8], pos: &mut usize, len: i32) -> Result<Option<&'a [u8]>, RecordError> {

@@ -4,42 +4,25 @@
 //! wrong offset. (The torn tail of the active segment, cut at every byte of the last
 //! batch, is in `tests/log.rs`: `recovery_cuts_the_last_batch_torn_at_every_byte`.)
 
+mod common;
+
+use common::{batch_of, small_config};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use weir_record::{BatchBuilder, BatchIter, Record};
+use weir_record::BatchIter;
 use weir_storage::testing::{FaultKind, FaultyDisk};
-use weir_storage::{FsDisk, Log, LogConfig, RecoveryReport, StorageError, SystemClock, TestClock};
+use weir_storage::{FsDisk, Log, RecoveryReport, StorageError, SystemClock, TestClock};
 
 const T0: i64 = 1_700_000_000_000;
 /// `partitionLeaderEpoch`: the one header field no checksum covers (as in Kafka).
 const EPOCH_BYTES: std::ops::Range<usize> = 12..16;
 
 fn batch(i: usize, records: usize, value_bytes: usize) -> BytesMut {
-    let ts = T0 + 10 * i as i64;
-    let mut b = BatchBuilder::new(ts);
     let mut value = format!("batch-{i:06}").into_bytes();
     value.resize(value_bytes.max(12), b'v');
-    for r in 0..records {
-        b.push(Record {
-            timestamp_ms: ts + r as i64,
-            key: None,
-            value: Some(&value),
-            headers: &[],
-        });
-    }
-    b.finish()
-}
-
-fn small_config() -> LogConfig {
-    LogConfig {
-        segment_bytes_max: 4096,
-        index_interval_bytes: 256,
-        batch_bytes_max: 2048,
-        retention_ms_max: None,
-        ..LogConfig::default()
-    }
+    batch_of(T0 + 10 * i as i64, records, &value)
 }
 
 /// Opens on the real file system, minus the fsyncs: these tests reopen logs thousands of

@@ -20,13 +20,16 @@
 //! --test faults seeded_simulation -- --nocapture`, and runs more seeds with
 //! `WEIR_SIM_SEEDS=<count>`.
 
+mod common;
+
+use common::{batch_of, small_config};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use proptest::prelude::*;
-use weir_record::{BatchBuilder, BatchIter, Record};
+use weir_record::BatchIter;
 use weir_storage::testing::{FaultPlan, FaultyDisk};
 use weir_storage::{FsDisk, Log, LogConfig, RecoveryReport, StorageError, TestClock};
 
@@ -75,11 +78,8 @@ struct Stats {
 
 fn config() -> LogConfig {
     LogConfig {
-        segment_bytes_max: 4096,
         index_interval_bytes: 128,
-        batch_bytes_max: 2048,
-        retention_ms_max: None,
-        ..LogConfig::default()
+        ..small_config()
     }
 }
 
@@ -145,19 +145,9 @@ impl Sim {
 
     fn batch(&mut self, records: usize, value_bytes: usize) -> BytesMut {
         self.counter += 1;
-        let ts = T0 + self.counter as i64;
-        let mut b = BatchBuilder::new(ts);
         let mut value = format!("{:012}", self.counter).into_bytes();
         value.resize(value_bytes.max(12), b'v');
-        for i in 0..records {
-            b.push(Record {
-                timestamp_ms: ts + i as i64,
-                key: None,
-                value: Some(&value),
-                headers: &[],
-            });
-        }
-        b.finish()
+        batch_of(T0 + self.counter as i64, records, &value)
     }
 
     /// Opens the log on a healthy disk (random faults off), checks what recovery found

@@ -1,13 +1,16 @@
 //! Black-box tests of `weir_storage::Log` on a real file system (temporary directories),
 //! with injected faults and a manual clock where needed.
 
+mod common;
+
+use common::{batch_of, small_config};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use proptest::prelude::*;
-use weir_record::{BatchBuilder, BatchHeader, BatchIter, Record};
+use weir_record::{BatchHeader, BatchIter};
 use weir_storage::testing::{FaultKind, FaultyDisk};
 use weir_storage::{
     Clock, Disk, FsDisk, FsyncPolicy, Log, LogConfig, RecoveryReport, StorageError, SystemClock,
@@ -18,27 +21,7 @@ const T0: i64 = 1_700_000_000_000;
 
 /// An uncompressed batch of `records` records, `value_bytes` each, timestamps `ts`, `ts+1`…
 fn batch(records: usize, ts: i64, value_bytes: usize) -> BytesMut {
-    let mut b = BatchBuilder::new(ts);
-    let value = vec![b'v'; value_bytes];
-    for i in 0..records {
-        b.push(Record {
-            timestamp_ms: ts + i as i64,
-            key: None,
-            value: Some(&value),
-            headers: &[],
-        });
-    }
-    b.finish()
-}
-
-fn small_config() -> LogConfig {
-    LogConfig {
-        segment_bytes_max: 4096,
-        index_interval_bytes: 256,
-        batch_bytes_max: 2048,
-        retention_ms_max: None,
-        ..LogConfig::default()
-    }
+    batch_of(ts, records, &vec![b'v'; value_bytes])
 }
 
 fn open(dir: &Path, config: LogConfig) -> (Log, RecoveryReport) {

@@ -588,16 +588,7 @@ fn owned_partitions(
         return None;
     }
     let a = weir_proto::v1::ConsumerAssignment::decode(assignment.clone()).ok()?;
-    Some(
-        a.partitions
-            .into_iter()
-            .flat_map(|tp| {
-                tp.partitions
-                    .into_iter()
-                    .map(move |p| (tp.topic.clone(), p))
-            })
-            .collect(),
-    )
+    Some(weir_proto::v1::TopicPartitions::flatten(a.partitions).collect())
 }
 
 impl GroupCoordinator {

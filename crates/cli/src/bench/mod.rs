@@ -1036,32 +1036,17 @@ impl Bench {
 
     fn producer_phase_report(&self, producers: &[ProducerOutcome]) -> (Phase, Option<Latency>) {
         let size = u64::from(self.settings.message_size);
-        let mut hist = report::histogram();
-        let mut clients = Vec::new();
-        let mut total = 0;
-        let mut errors = 0;
-        let mut elapsed = Duration::ZERO;
-        let mut first_error = None;
+        let mut sum = PhaseSum::new();
         for p in producers {
-            let _ = hist.add(&p.ack_latency);
-            total += p.acked;
-            errors += p.errors;
-            elapsed = elapsed.max(p.elapsed);
-            if first_error.is_none() {
-                first_error.clone_from(&p.first_error);
-            }
-            clients.push(ClientFigure {
-                id: p.id,
-                throughput: Throughput::new(p.acked, p.acked * size, p.elapsed),
-                errors: p.errors,
-            });
+            sum.add(
+                p.id,
+                (p.acked, p.acked * size, p.elapsed),
+                p.errors,
+                &p.first_error,
+                &p.ack_latency,
+            );
         }
-        let phase = Phase {
-            total: Throughput::new(total, total * size, elapsed),
-            errors,
-            first_error,
-            clients,
-        };
+        let (phase, hist) = sum.finish();
         let ack = if self.settings.acks() == Acks::None {
             None
         } else {
@@ -1276,40 +1261,84 @@ enum Sink {
     Kafka(Box<kafka::KafkaProducer>),
 }
 
+/// The figures of a phase, summed over its clients as they are added.
+struct PhaseSum {
+    hist: Histogram<u64>,
+    clients: Vec<ClientFigure>,
+    messages: u64,
+    bytes: u64,
+    errors: u64,
+    elapsed: Duration,
+    first_error: Option<String>,
+}
+
+impl PhaseSum {
+    fn new() -> Self {
+        Self {
+            hist: report::histogram(),
+            clients: Vec::new(),
+            messages: 0,
+            bytes: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            first_error: None,
+        }
+    }
+
+    /// One client's figures: (messages, bytes, elapsed), errors, its first error, and
+    /// its latency histogram.
+    fn add(
+        &mut self,
+        id: u32,
+        (messages, bytes, elapsed): (u64, u64, Duration),
+        errors: u64,
+        first_error: &Option<String>,
+        latency: &Histogram<u64>,
+    ) {
+        let _ = self.hist.add(latency);
+        self.messages += messages;
+        self.bytes += bytes;
+        self.errors += errors;
+        self.elapsed = self.elapsed.max(elapsed);
+        if self.first_error.is_none() {
+            self.first_error.clone_from(first_error);
+        }
+        self.clients.push(ClientFigure {
+            id,
+            throughput: Throughput::new(messages, bytes, elapsed),
+            errors,
+        });
+    }
+
+    /// The phase, and the latency histogram of all its clients.
+    fn finish(self) -> (Phase, Histogram<u64>) {
+        let phase = Phase {
+            total: Throughput::new(self.messages, self.bytes, self.elapsed),
+            errors: self.errors,
+            first_error: self.first_error,
+            clients: self.clients,
+        };
+        (phase, self.hist)
+    }
+}
+
 fn consumer_phase_report(consumers: Vec<ConsumerOutcome>) -> (Phase, Option<Latency>, Verifier) {
-    let mut hist = report::histogram();
-    let mut clients = Vec::new();
-    let mut total = 0;
-    let mut bytes = 0;
-    let mut errors = 0;
-    let mut elapsed = Duration::ZERO;
-    let mut first_error = None;
+    let mut sum = PhaseSum::new();
     let mut merged: Option<Verifier> = None;
     for c in consumers {
-        let _ = hist.add(&c.e2e_latency);
-        total += c.records;
-        bytes += c.bytes;
-        errors += c.errors;
-        elapsed = elapsed.max(c.elapsed);
-        if first_error.is_none() {
-            first_error.clone_from(&c.first_error);
-        }
-        clients.push(ClientFigure {
-            id: c.id,
-            throughput: Throughput::new(c.records, c.bytes, c.elapsed),
-            errors: c.errors,
-        });
+        sum.add(
+            c.id,
+            (c.records, c.bytes, c.elapsed),
+            c.errors,
+            &c.first_error,
+            &c.e2e_latency,
+        );
         match &mut merged {
             None => merged = Some(c.verifier),
             Some(m) => m.merge(c.verifier),
         }
     }
-    let phase = Phase {
-        total: Throughput::new(total, bytes, elapsed),
-        errors,
-        first_error,
-        clients,
-    };
+    let (phase, hist) = sum.finish();
     (
         phase,
         Latency::from_histogram(&hist),

@@ -640,14 +640,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn full_batch_is_sealed_and_one_batch_per_partition_is_in_flight() {
+    /// 1 KiB batches, `inflight` per partition, and `n` records of 300 bytes appended to
+    /// partition 1 of "t".
+    fn filled_with_300_byte_records(inflight: u32, n: u32) -> (Accumulator<u32>, Instant) {
         let t0 = Instant::now();
-        let mut acc = Accumulator::<u32>::new(1024, Duration::from_secs(60), 1, HOUR);
+        let mut acc = Accumulator::<u32>::new(1024, Duration::from_secs(60), inflight, HOUR);
         let big = [7u8; 300];
-        for i in 0..10 {
+        for i in 0..n {
             acc.append("t", 1, LANE0, rec(&big), i, 300, t0);
         }
+        (acc, t0)
+    }
+
+    #[test]
+    fn full_batch_is_sealed_and_one_batch_per_partition_is_in_flight() {
+        let (mut acc, t0) = filled_with_300_byte_records(1, 10);
         // 10 records of ~300 bytes do not fit in three 1 KiB batches.
         let d = acc.drain_ready(t0);
         assert_eq!(d.batches.len(), 1, "only one in flight per partition");
@@ -742,12 +749,7 @@ mod tests {
 
     #[test]
     fn several_batches_of_a_partition_go_out_in_order_up_to_the_limit() {
-        let t0 = Instant::now();
-        let mut acc = Accumulator::<u32>::new(1024, Duration::from_secs(60), 3, HOUR);
-        let big = [1u8; 300];
-        for i in 0..20 {
-            acc.append("t", 1, LANE0, rec(&big), i, 300, t0);
-        }
+        let (mut acc, t0) = filled_with_300_byte_records(3, 20);
         let d = acc.drain_ready(t0);
         assert_eq!(d.batches.len(), 3, "three in flight at once");
         let ids: Vec<u64> = d.batches.iter().map(|b| b.id).collect();

@@ -416,18 +416,8 @@ impl Producer {
             Ok(permit) => permit.forget(),
             Err(_) => return Fast::Later(completion),
         }
-        let timestamp_ms = r.timestamp_ms.unwrap_or_else(now_ms);
-        let headers: Vec<(&str, &[u8])> = r
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_ref()))
-            .collect();
-        let record = Record {
-            timestamp_ms,
-            key: r.key.as_deref(),
-            value: r.value.as_deref(),
-            headers: &headers,
-        };
+        let headers = header_refs(r);
+        let record = batch_record(r, &headers);
         let to = Destination {
             topic: &r.topic,
             key: r.key.as_deref(),
@@ -528,18 +518,8 @@ impl Producer {
     ) -> std::result::Result<(), (ClientError, Completion)> {
         let shared = self.shared();
         let r = &prep.record;
-        let timestamp_ms = r.timestamp_ms.unwrap_or_else(now_ms);
-        let headers: Vec<(&str, &[u8])> = r
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_ref()))
-            .collect();
-        let record = Record {
-            timestamp_ms,
-            key: r.key.as_deref(),
-            value: r.value.as_deref(),
-            headers: &headers,
-        };
+        let headers = header_refs(r);
+        let record = batch_record(r, &headers);
         let wake = {
             let mut st = shared.state.lock();
             if shared.closed.load(Ordering::Acquire) {
@@ -845,5 +825,23 @@ async fn produce(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// A record's headers as the batch builder takes them.
+fn header_refs(r: &ProducerRecord) -> Vec<(&str, &[u8])> {
+    r.headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_ref()))
+        .collect()
+}
+
+/// `r` as a record of a batch, stamped now unless it has a time.
+fn batch_record<'a>(r: &'a ProducerRecord, headers: &'a [(&'a str, &'a [u8])]) -> Record<'a> {
+    Record {
+        timestamp_ms: r.timestamp_ms.unwrap_or_else(now_ms),
+        key: r.key.as_deref(),
+        value: r.value.as_deref(),
+        headers,
     }
 }
