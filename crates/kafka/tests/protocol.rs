@@ -937,7 +937,7 @@ async fn producer_state_survives_a_broker_restart() {
         for seq in [0, 1] {
             let b = batch(&["v"], Compression::None, Some((pid, 0, seq)));
             broker
-                .produce("idem", 0, BytesMut::from(&b[..]), weir_broker::Acks::All, 0)
+                .produce("idem", 0, b.clone(), weir_broker::Acks::All, 0)
                 .await
                 .expect("produce");
         }
@@ -950,25 +950,13 @@ async fn producer_state_survives_a_broker_restart() {
         .expect("reopen");
     let retry = batch(&["v"], Compression::None, Some((pid, 0, 1)));
     let info = broker
-        .produce(
-            "idem",
-            0,
-            BytesMut::from(&retry[..]),
-            weir_broker::Acks::All,
-            0,
-        )
+        .produce("idem", 0, retry.clone(), weir_broker::Acks::All, 0)
         .await
         .expect("duplicate answered");
     assert_eq!(info.base_offset, 1, "duplicate gets its original offset");
     let gap = batch(&["v"], Compression::None, Some((pid, 0, 5)));
     let err = broker
-        .produce(
-            "idem",
-            0,
-            BytesMut::from(&gap[..]),
-            weir_broker::Acks::All,
-            0,
-        )
+        .produce("idem", 0, gap, weir_broker::Acks::All, 0)
         .await
         .expect_err("out of order");
     assert!(matches!(
@@ -991,25 +979,13 @@ async fn producer_state_survives_a_broker_restart() {
         .await
         .expect("reopen");
     let info = broker
-        .produce(
-            "idem",
-            0,
-            BytesMut::from(&retry[..]),
-            weir_broker::Acks::All,
-            0,
-        )
+        .produce("idem", 0, retry.clone(), weir_broker::Acks::All, 0)
         .await
         .expect("duplicate answered");
     assert_eq!(info.base_offset, 1);
     let next = batch(&["v"], Compression::None, Some((pid, 0, 2)));
     let info = broker
-        .produce(
-            "idem",
-            0,
-            BytesMut::from(&next[..]),
-            weir_broker::Acks::All,
-            0,
-        )
+        .produce("idem", 0, next, weir_broker::Acks::All, 0)
         .await
         .expect("in sequence");
     assert_eq!(info.base_offset, 2);
