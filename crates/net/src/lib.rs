@@ -149,11 +149,6 @@ impl ByteBudget {
     pub fn available_bytes(&self) -> usize {
         self.permits.available_permits()
     }
-
-    /// The whole budget.
-    pub fn total_bytes(&self) -> u32 {
-        self.total_bytes
-    }
 }
 
 #[cfg(test)]
