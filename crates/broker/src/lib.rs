@@ -37,7 +37,9 @@ use parking_lot::RwLock;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use weir_storage::{Disk, FsDisk, FsyncPolicy, Log, LogConfig, StorageError, SystemClock};
+use weir_storage::{
+    Disk, FsDisk, FsyncPolicy, Log, LogConfig, ReadResult, StorageError, SystemClock,
+};
 
 use metadata::{MetadataCommand, MetadataError, MetadataStore, TopicMeta};
 use partition::Partition;
@@ -713,12 +715,25 @@ impl Broker {
             for r in &mut receivers {
                 r.borrow_and_update();
             }
-            let specs = spec.partitions.clone();
             let parts: Vec<_> = resolved.iter().map(|r| r.as_ref().ok().cloned()).collect();
-            let results =
-                tokio::task::spawn_blocking(move || read_partitions(&specs, &parts, max_bytes))
-                    .await?;
-            let mut results = results;
+            // Data in the page cache (a consumer at the tail) is read right here; anything
+            // that may wait for the disk or copy a lot goes to a blocking thread.
+            let cached = read_partitions(&spec.partitions, &parts, max_bytes, |log, o, m, u| {
+                log.read_cached(o, m, u).map(Ok)
+            });
+            let mut results = match cached {
+                Some(results) => results,
+                None => {
+                    let specs = spec.partitions.clone();
+                    tokio::task::spawn_blocking(move || {
+                        read_partitions(&specs, &parts, max_bytes, |log, o, m, u| {
+                            Some(log.read(o, m, u))
+                        })
+                        .expect("a blocking read always answers")
+                    })
+                    .await?
+                }
+            };
             for (slot, r) in results.iter_mut().zip(&resolved) {
                 if r.is_err() {
                     slot.error = self.partition(&slot.topic, slot.partition).err();
@@ -1029,12 +1044,14 @@ fn describe(t: &TopicHandle) -> TopicDescription {
     }
 }
 
-/// Reads each partition once, sharing `max_bytes` among them in order.
+/// Reads each partition once, sharing `max_bytes` among them in order. `read` reads one
+/// log; when it answers `None` for any partition, so does this.
 fn read_partitions(
     specs: &[FetchPartitionSpec],
     parts: &[Option<Arc<Partition>>],
     max_bytes: u32,
-) -> Vec<FetchedPartition> {
+    read: impl Fn(&Log, i64, u32, i64) -> Option<Result<ReadResult, StorageError>>,
+) -> Option<Vec<FetchedPartition>> {
     let mut left = max_bytes;
     let mut first_data = true;
     specs
@@ -1049,21 +1066,21 @@ fn read_partitions(
                 log_start_offset: -1,
                 records: Bytes::new(),
             };
-            let Some(p) = p else { return out };
+            let Some(p) = p else { return Some(out) };
             let hw = p.log.high_watermark();
             out.high_watermark = hw;
             out.log_start_offset = p.log.log_start_offset();
             if left == 0 && !first_data {
-                return out;
+                return Some(out);
             }
             let want = s.max_bytes.min(left).max(1);
-            match p.log.read(s.offset, want, hw) {
+            match read(&p.log, s.offset, want, hw)? {
                 Ok(r) => {
                     let n = r.bytes.len();
                     // Only the first partition with data may exceed the budget (by one
                     // batch), so that an oversized batch cannot stall a consumer.
                     if n as u64 > u64::from(left) && !first_data {
-                        return out;
+                        return Some(out);
                     }
                     if n > 0 {
                         first_data = false;
@@ -1073,7 +1090,7 @@ fn read_partitions(
                 }
                 Err(e) => out.error = Some(storage_err(&s.topic, s.partition, e)),
             }
-            out
+            Some(out)
         })
         .collect()
 }

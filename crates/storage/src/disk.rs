@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -62,6 +62,14 @@ pub trait DiskFile: Send + Sync + fmt::Debug {
         let got = self.read_full_at(&mut v, pos)?;
         v.truncate(got);
         Ok(v)
+    }
+
+    /// Reads `len` bytes at `pos` into a new buffer only if all of them are in the page
+    /// cache: `Ok(None)` where any would wait for the disk, where the file ends sooner, or
+    /// where the platform cannot tell. A reader on an async thread can serve hot data
+    /// this way and hand only the rest to a thread that may block.
+    fn read_cached_at(&self, _len: usize, _pos: u64) -> io::Result<Option<Vec<u8>>> {
+        Ok(None)
     }
 
     /// Reads until `buf` is full or the file ends; returns the bytes read.
@@ -162,6 +170,37 @@ impl DiskFile for FsFile {
         // The capacity may exceed `len`, and so may the last read.
         v.truncate(len);
         Ok(v)
+    }
+
+    fn read_cached_at(&self, len: usize, pos: u64) -> io::Result<Option<Vec<u8>>> {
+        // RWF_NOWAIT: the kernel copies what the page cache holds and answers EAGAIN
+        // instead of starting disk I/O. preadv2 wants initialized memory, hence the zeroes;
+        // callers keep these reads small.
+        let mut v = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            let at = pos + done as u64;
+            let mut slice = [IoSliceMut::new(&mut v[done..])];
+            match rustix::io::preadv2(
+                &self.file,
+                &mut slice,
+                at,
+                rustix::io::ReadWriteFlags::NOWAIT,
+            ) {
+                // The file ends sooner: the caller's size snapshot is not what it reads.
+                Ok(0) => return Ok(None),
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                // Not cached, or a kernel or file system without RWF_NOWAIT for reads.
+                Err(
+                    rustix::io::Errno::AGAIN
+                    | rustix::io::Errno::OPNOTSUPP
+                    | rustix::io::Errno::INVAL,
+                ) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some(v))
     }
 
     fn start_writeback(&self, pos: u64, len: u64) -> io::Result<()> {

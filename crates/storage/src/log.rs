@@ -553,12 +553,38 @@ impl Log {
         max_bytes: u32,
         upper: i64,
     ) -> Result<ReadResult, StorageError> {
+        self.read_from(offset, max_bytes, upper, false)
+    }
+
+    /// The same read as [`Log::read`], if it can be answered at once: the log's lock free,
+    /// every byte in the page cache, and at most
+    /// [`CACHED_READ_BYTES_MAX`](crate::CACHED_READ_BYTES_MAX) of them.
+    /// `None` otherwise — and on any error, which [`Log::read`] then reports — so an async
+    /// caller serves a consumer at the tail on its own thread and hands only the rest
+    /// to a thread that may block.
+    pub fn read_cached(&self, offset: i64, max_bytes: u32, upper: i64) -> Option<ReadResult> {
+        self.read_from(offset, max_bytes, upper, true).ok()
+    }
+
+    fn read_from(
+        &self,
+        offset: i64,
+        max_bytes: u32,
+        upper: i64,
+        cached_only: bool,
+    ) -> Result<ReadResult, StorageError> {
         let empty = ReadResult {
             bytes: Bytes::new(),
             next_offset: offset,
         };
         let (targets, upper, truncations) = {
-            let st = self.state.lock();
+            let st = if cached_only {
+                self.state
+                    .try_lock()
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::WouldBlock))?
+            } else {
+                self.state.lock()
+            };
             if offset < st.log_start() || offset > st.log_end {
                 return Err(st.out_of_range(offset));
             }
@@ -582,12 +608,12 @@ impl Log {
         };
         let max_bytes = max_bytes.min(READ_BYTES_LIMIT);
         for t in &targets {
-            match self.read_segment(t, offset, max_bytes, upper) {
+            match self.read_segment(t, offset, max_bytes, upper, cached_only) {
                 Ok(Some(r)) => return Ok(r),
                 Ok(None) => {}
                 // A truncation cut the file under us: the data is gone, not corrupt.
                 Err(StorageError::Corrupt { .. })
-                    if self.state.lock().truncations != truncations =>
+                    if !cached_only && self.state.lock().truncations != truncations =>
                 {
                     return Ok(empty);
                 }
@@ -604,6 +630,7 @@ impl Log {
         offset: i64,
         max_bytes: u32,
         upper: i64,
+        cached_only: bool,
     ) -> Result<Option<ReadResult>, StorageError> {
         // Enough to walk from the index entry to the target and take max_bytes after it,
         // usually in one positional read.
@@ -611,6 +638,9 @@ impl Log {
             .saturating_add(self.config.index_interval_bytes)
             .max(READ_CHUNK_BYTES_MIN);
         let mut r = SegmentReader::new(t.file.as_ref(), t.base_offset, t.size_bytes, chunk);
+        if cached_only {
+            r = r.cached_only();
+        }
         let corrupt = |position: u64, reason: &str| StorageError::Corrupt {
             segment: t.base_offset,
             position,

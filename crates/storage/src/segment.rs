@@ -9,7 +9,7 @@ use bytes::Bytes;
 use weir_record::{BATCH_HEADER_BYTES, BatchHeader, validate_batch};
 
 use crate::StorageError;
-use crate::config::{BATCH_BYTES_LIMIT, SCAN_CHUNK_BYTES};
+use crate::config::{BATCH_BYTES_LIMIT, CACHED_READ_BYTES_MAX, SCAN_CHUNK_BYTES};
 use crate::disk::{Disk, DiskFile, OpenMode};
 use crate::index::SegmentIndex;
 
@@ -75,6 +75,9 @@ pub(crate) struct SegmentReader<'a> {
     buf: Bytes,
     /// File position of `buf[0]`.
     buf_pos: u64,
+    /// Refill only from the page cache, in reads of at most [`CACHED_READ_BYTES_MAX`];
+    /// anything else fails with [`io::ErrorKind::WouldBlock`].
+    cached_only: bool,
 }
 
 impl<'a> SegmentReader<'a> {
@@ -87,7 +90,14 @@ impl<'a> SegmentReader<'a> {
             chunk: u64::from(chunk.max(BATCH_HEADER_BYTES as u32)),
             buf: Bytes::new(),
             buf_pos: 0,
+            cached_only: false,
         }
+    }
+
+    /// This reader, refilling only from the page cache (see [`DiskFile::read_cached_at`]).
+    pub(crate) fn cached_only(mut self) -> Self {
+        self.cached_only = true;
+        self
     }
 
     /// Readable bytes of the segment.
@@ -113,7 +123,15 @@ impl<'a> SegmentReader<'a> {
         if pos < self.buf_pos || stop > buf_end {
             // `len` is bounded by `end`, itself bounded by the 2 GiB segment limit.
             let want = len.max(self.chunk).min(self.end - pos);
-            let v = self.file.read_vec_at(want as usize, pos)?;
+            let v = if self.cached_only {
+                (want <= u64::from(CACHED_READ_BYTES_MAX))
+                    .then(|| self.file.read_cached_at(want as usize, pos))
+                    .transpose()?
+                    .flatten()
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))?
+            } else {
+                self.file.read_vec_at(want as usize, pos)?
+            };
             if (v.len() as u64) < len {
                 return Err(self.corrupt(pos, "file is shorter than its recorded size"));
             }

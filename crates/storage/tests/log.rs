@@ -212,6 +212,80 @@ fn read_returns_whole_batches_within_limits() {
     ));
 }
 
+/// Whether `path` is on tmpfs, where file data lives only in memory and every page is
+/// always cached.
+fn on_tmpfs(path: &Path) -> bool {
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    let st = rustix::fs::statfs(path).expect("statfs");
+    u64::try_from(st.f_type).is_ok_and(|t| t == TMPFS_MAGIC)
+}
+
+#[test]
+fn cached_reads_answer_as_reads_do_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        fsync: FsyncPolicy::Never,
+        ..LogConfig::default()
+    };
+    let (log, _) = open(dir.path(), config);
+    // About 650 KiB: more than one cached read may copy.
+    let written = fill(&log, 1000);
+    let end = log.log_end_offset();
+    let hw = log.high_watermark();
+    for (offset, max_bytes) in [
+        (0, 1),
+        (0, 4096),
+        (7, 20_000),
+        (1500, 100_000),
+        (end, 1 << 20),
+    ] {
+        let cached = log
+            .read_cached(offset, max_bytes, hw)
+            .expect("the tail is cached");
+        let read = log.read(offset, max_bytes, hw).unwrap();
+        assert_eq!(cached.bytes, read.bytes, "offset {offset}");
+        assert_eq!(cached.next_offset, read.next_offset);
+    }
+    let first = log.read_cached(0, 1, hw).unwrap();
+    assert_eq!(&first.bytes[..], &written[0][..]);
+    // A read bigger than CACHED_READ_BYTES_MAX, and errors, are left to `read`.
+    assert!(log.read_cached(0, 1 << 20, hw).is_none());
+    assert!(log.read(0, 1 << 20, hw).unwrap().bytes.len() > 600_000);
+    assert!(log.read_cached(end + 1, 4096, hw).is_none());
+    assert!(log.read_cached(-1, 4096, hw).is_none());
+
+    // Dropped from the page cache (synced pages are clean, so the hint drops them): only
+    // `read` reads them, and they are cached again after it.
+    log.sync().unwrap();
+    let segment = std::fs::File::open(&files(dir.path(), ".log")[0]).unwrap();
+    rustix::fs::fadvise(&segment, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    if on_tmpfs(dir.path()) {
+        eprintln!("tmpfs keeps every page cached: the eviction case is not tested here");
+    } else {
+        assert!(log.read_cached(0, 4096, hw).is_none());
+    }
+    let read = log.read(0, 4096, hw).unwrap();
+    let cached = log.read_cached(0, 4096, hw).expect("cached by the read");
+    assert_eq!(cached.bytes, read.bytes);
+}
+
+#[test]
+fn a_disk_that_cannot_tell_what_is_cached_leaves_every_read_to_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(FaultyDisk::new(Arc::new(FsDisk)));
+    let (log, _) = open_with(
+        dir.path(),
+        LogConfig::default(),
+        disk,
+        Arc::new(SystemClock),
+    );
+    fill(&log, 3);
+    log.sync().unwrap();
+    let hw = log.high_watermark();
+    assert!(log.read_cached(0, 4096, hw).is_none());
+    assert_eq!(log.read(0, 4096, hw).unwrap().next_offset, 6);
+}
+
 #[test]
 fn segments_roll_by_size_and_every_offset_reads_across_them() {
     let dir = tempfile::tempdir().unwrap();
