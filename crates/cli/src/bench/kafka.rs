@@ -398,6 +398,7 @@ pub struct KafkaConsumer {
     wr: OwnedWriteHalf,
     positions: BTreeMap<u32, i64>,
     fetch_bytes: i32,
+    partition_fetch_bytes: i32,
     /// The fetch in flight, by correlation id.
     inflight: Option<i32>,
     next_id: i32,
@@ -410,6 +411,7 @@ impl KafkaConsumer {
         topic: &str,
         starts: &BTreeMap<u32, i64>,
         fetch_bytes: u32,
+        partition_fetch_bytes: u32,
     ) -> Result<Self> {
         let stream = TcpStream::connect(addr)
             .await
@@ -423,6 +425,7 @@ impl KafkaConsumer {
             wr,
             positions: starts.clone(),
             fetch_bytes: i32::try_from(fetch_bytes).unwrap_or(i32::MAX),
+            partition_fetch_bytes: i32::try_from(partition_fetch_bytes).unwrap_or(i32::MAX),
             inflight: None,
             next_id: 1,
         })
@@ -435,7 +438,7 @@ impl KafkaConsumer {
             let mut part = FetchPartition::default();
             part.partition = i32::try_from(*p).context("partition")?;
             part.fetch_offset = *offset;
-            part.partition_max_bytes = self.fetch_bytes;
+            part.partition_max_bytes = self.partition_fetch_bytes;
             topic.partitions.push(part);
         }
         let mut req = FetchRequest::default();

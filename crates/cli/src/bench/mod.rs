@@ -183,10 +183,15 @@ pub struct BenchArgs {
     /// scenario 5,000).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rate: Option<u64>,
-    /// Most bytes one fetch returns (per partition: the same, up to 64 MiB frames).
-    #[arg(long, default_value_t = 16 * 1024 * 1024,
+    /// Most bytes one fetch returns over all partitions (default: the SDK's).
+    #[arg(long, default_value_t = ConsumerConfig::default().fetch_bytes_max,
           value_parser = clap::value_parser!(u32).range(64 * 1024..=60 * 1024 * 1024))]
     pub fetch_bytes: u32,
+    /// Most bytes one fetch returns for one partition, at most --fetch-bytes (default: the
+    /// SDK's, like Kafka's `max.partition.fetch.bytes`).
+    #[arg(long, default_value_t = ConsumerConfig::default().partition_fetch_bytes_max,
+          value_parser = clap::value_parser!(u32).range(1024..=60 * 1024 * 1024))]
+    pub partition_fetch_bytes: u32,
     /// Compression of produced batches.
     #[arg(long, value_enum, default_value_t = CompressionArg::None)]
     pub compression: CompressionArg,
@@ -226,6 +231,7 @@ struct Settings {
     fsync_interval_ms: Option<u32>,
     inflight: u32,
     fetch_bytes: u32,
+    partition_fetch_bytes: u32,
     compression: &'static str,
     protocol: &'static str,
 }
@@ -268,6 +274,7 @@ impl Settings {
             fsync_interval_ms: (a.fsync == FsyncArg::Interval).then_some(a.fsync_interval_ms),
             inflight: a.inflight,
             fetch_bytes: a.fetch_bytes,
+            partition_fetch_bytes: a.partition_fetch_bytes,
             compression: match a.compression {
                 CompressionArg::None => "none",
                 CompressionArg::Gzip => "gzip",
@@ -1114,11 +1121,18 @@ impl Bench {
         let mut cc = ConsumerConfig::default();
         cc.max_poll_records = POLL_RECORDS_MAX;
         cc.fetch_bytes_max = s.fetch_bytes;
-        cc.partition_fetch_bytes_max = s.fetch_bytes;
+        cc.partition_fetch_bytes_max = s.partition_fetch_bytes;
         cc.auto_offset_reset = AutoOffsetReset::Error;
         let mut source = match (&client, &self.kafka_addr) {
             (None, Some(addr)) => Source::Kafka(Box::new(
-                kafka::KafkaConsumer::connect(addr, &s.topic, &starts, s.fetch_bytes).await?,
+                kafka::KafkaConsumer::connect(
+                    addr,
+                    &s.topic,
+                    &starts,
+                    s.fetch_bytes,
+                    s.partition_fetch_bytes,
+                )
+                .await?,
             )),
             (None, None) => unreachable!("a consumer has a native client or a Kafka address"),
             (Some(client), _) if group => {

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""What this machine allows a broker's bulk data paths, with no broker work at all.
+
+produce: a client process sends 1 MiB buffers over loopback TCP; a server process receives
+         them and appends them to a new file (page cache, no fsync). Any broker that takes
+         messages over TCP and writes them through the page cache does at least this.
+consume: a server process reads a file (already in the page cache) in 1 MiB chunks and
+         sends them over loopback TCP; a client process receives and discards them. Any
+         broker that serves a log from the page cache through a socket does at least this.
+
+Both ends are separate processes, like `weir bench` and its broker, and share the same
+cores. Prints each run and the median in MB/s (10^6 bytes).
+
+    python3 scripts/ceilings.py DIR [--mib 2048] [--runs 5]
+
+DIR must be on the file system of the broker's data directory; the script writes a file
+of --mib MiB there and removes it.
+"""
+import argparse
+import os
+import socket
+import statistics
+import sys
+import time
+
+CHUNK = 1 << 20
+
+
+def produce(path, total):
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        conn, _ = lsock.accept()
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+        off = 0
+        while True:
+            n = conn.recv_into(buf)
+            if n == 0:
+                break
+            os.pwrite(fd, view[:n], off)
+            off += n
+        os.close(fd)
+        conn.sendall(b"k")
+        os._exit(0)
+    sock = socket.create_connection(("127.0.0.1", port))
+    data = b"x" * CHUNK
+    sent = 0
+    while sent < total:
+        sock.sendall(data)
+        sent += CHUNK
+    sock.shutdown(socket.SHUT_WR)
+    sock.recv(1)
+    os.waitpid(pid, 0)
+    return sent / (time.monotonic() - start) / 1e6
+
+
+def consume(path, total):
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        conn, _ = lsock.accept()
+        fd = os.open(path, os.O_RDONLY)
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        off = 0
+        while off < total:
+            n = os.preadv(fd, [buf], off)
+            if n == 0:
+                break
+            conn.sendall(view[:n])
+            off += n
+        conn.close()
+        os._exit(0)
+    sock = socket.create_connection(("127.0.0.1", port))
+    buf = bytearray(CHUNK)
+    got = 0
+    while True:
+        n = sock.recv_into(buf)
+        if n == 0:
+            break
+        got += n
+    os.waitpid(pid, 0)
+    if got < total:
+        sys.exit(f"consume: received {got} of {total} bytes")
+    return got / (time.monotonic() - start) / 1e6
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("dir")
+    p.add_argument("--mib", type=int, default=2048)
+    p.add_argument("--runs", type=int, default=5)
+    a = p.parse_args()
+    if not 1 <= a.mib <= 65536 or not 1 <= a.runs <= 100:
+        sys.exit("--mib must be 1..65536 and --runs 1..100")
+    path = os.path.join(a.dir, f"weir-ceilings-{os.getpid()}")
+    total = a.mib * CHUNK
+    try:
+        for name, f in (("produce", produce), ("consume", consume)):
+            f(path, total)  # warm-up: the file's pages are in the cache from here on
+            runs = [f(path, total) for _ in range(a.runs)]
+            shown = " ".join(f"{r:.0f}" for r in runs)
+            print(f"{name}: median {statistics.median(runs):.0f} MB/s (runs: {shown})")
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+if __name__ == "__main__":
+    main()
