@@ -38,7 +38,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use weir_storage::{
-    Disk, FsDisk, FsyncPolicy, Log, LogConfig, ReadResult, StorageError, SystemClock,
+    CACHED_READ_BYTES_MAX, Disk, FsDisk, FsyncPolicy, Log, LogConfig, ReadResult, StorageError,
+    SystemClock,
 };
 
 use metadata::{MetadataCommand, MetadataError, MetadataStore, TopicMeta};
@@ -702,6 +703,13 @@ impl Broker {
         let wait = Duration::from_millis(spec.max_wait_ms.min(cfg.fetch_wait_ms_max).into());
         let deadline = Instant::now() + wait;
         let max_bytes = spec.max_bytes.clamp(1, cfg.fetch_bytes_max);
+        // The most this fetch can copy.
+        let inline_bytes = spec
+            .partitions
+            .iter()
+            .map(|p| u64::from(p.max_bytes.min(max_bytes)))
+            .sum::<u64>()
+            .min(u64::from(max_bytes));
         let resolved: Vec<_> = spec
             .partitions
             .iter()
@@ -716,11 +724,17 @@ impl Broker {
                 r.borrow_and_update();
             }
             let parts: Vec<_> = resolved.iter().map(|r| r.as_ref().ok().cloned()).collect();
-            // Data in the page cache (a consumer at the tail) is read right here; anything
-            // that may wait for the disk or copy a lot goes to a blocking thread.
-            let cached = read_partitions(&spec.partitions, &parts, max_bytes, |log, o, m, u| {
-                log.read_cached(o, m, u).map(Ok)
-            });
+            // A small fetch of data in the page cache (a consumer at the tail, or one
+            // reading a backlog 1 MiB per partition) is read right here; one that may wait
+            // for the disk or copy more goes to a blocking thread. The hand-off there and
+            // back costs more than such a copy.
+            let cached = (inline_bytes <= u64::from(CACHED_READ_BYTES_MAX))
+                .then(|| {
+                    read_partitions(&spec.partitions, &parts, max_bytes, |log, o, m, u| {
+                        log.read_cached(o, m, u).map(Ok)
+                    })
+                })
+                .flatten();
             let mut results = match cached {
                 Some(results) => results,
                 None => {

@@ -55,9 +55,11 @@ pub const FSYNC_INTERVAL_MS_LIMIT: u64 = 60 * 60 * 1000;
 pub const READ_BYTES_LIMIT: u32 = 64 * MIB as u32;
 /// Smallest chunk a read fetches from disk, so short reads do not cost one syscall per header.
 pub const READ_CHUNK_BYTES_MIN: u32 = 64 * KIB as u32;
-/// Largest read [`Log::read_cached`](crate::Log::read_cached) serves: a bigger copy
-/// takes long enough to belong on a thread that may block.
-pub const CACHED_READ_BYTES_MAX: u32 = 256 * KIB as u32;
+/// Largest read [`Log::read_cached`](crate::Log::read_cached) serves: room for a
+/// consumer's usual 1 MiB per partition and the index slack before it. A bigger copy
+/// takes long enough (about half a millisecond per 2 MiB) to belong on a thread that may
+/// block.
+pub const CACHED_READ_BYTES_MAX: u32 = 2 * MIB as u32;
 /// Chunk size used when scanning a whole segment during recovery.
 pub const SCAN_CHUNK_BYTES: u32 = MIB as u32;
 

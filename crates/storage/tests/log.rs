@@ -13,8 +13,8 @@ use proptest::prelude::*;
 use weir_record::{BatchHeader, BatchIter};
 use weir_storage::testing::{FaultKind, FaultyDisk};
 use weir_storage::{
-    Clock, Disk, FsDisk, FsyncPolicy, Log, LogConfig, RecoveryReport, StorageError, SystemClock,
-    TestClock,
+    CACHED_READ_BYTES_MAX, Clock, Disk, FsDisk, FsyncPolicy, Log, LogConfig, RecoveryReport,
+    StorageError, SystemClock, TestClock,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -228,8 +228,9 @@ fn cached_reads_answer_as_reads_do_or_not_at_all() {
         ..LogConfig::default()
     };
     let (log, _) = open(dir.path(), config);
-    // About 650 KiB: more than one cached read may copy.
-    let written = fill(&log, 1000);
+    // About 2.4 MiB: more than one cached read may copy.
+    let written = fill(&log, 3600);
+    assert!(log.size_bytes() > u64::from(CACHED_READ_BYTES_MAX));
     let end = log.log_end_offset();
     let hw = log.high_watermark();
     for (offset, max_bytes) in [
@@ -249,8 +250,9 @@ fn cached_reads_answer_as_reads_do_or_not_at_all() {
     let first = log.read_cached(0, 1, hw).unwrap();
     assert_eq!(&first.bytes[..], &written[0][..]);
     // A read bigger than CACHED_READ_BYTES_MAX, and errors, are left to `read`.
-    assert!(log.read_cached(0, 1 << 20, hw).is_none());
-    assert!(log.read(0, 1 << 20, hw).unwrap().bytes.len() > 600_000);
+    assert!(log.read_cached(0, CACHED_READ_BYTES_MAX, hw).is_none());
+    let whole = log.read(0, CACHED_READ_BYTES_MAX, hw).unwrap();
+    assert!(whole.bytes.len() > CACHED_READ_BYTES_MAX as usize - 1000);
     assert!(log.read_cached(end + 1, 4096, hw).is_none());
     assert!(log.read_cached(-1, 4096, hw).is_none());
 
