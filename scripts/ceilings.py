@@ -8,6 +8,10 @@ consume: a server process reads a file (already in the page cache) in 1 MiB chun
          sends them over loopback TCP; a client process receives and discards them. Any
          broker that serves a log from the page cache through a socket does at least this.
 
+latency: a client process sends 100 bytes every 200 µs (5,000/s) over loopback TCP and a
+         server process echoes them: the round trip's percentiles, two thread wake-ups
+         each (Python's own cost included, so a floor for a broker is below this).
+
 Both ends are separate processes, like `weir bench` and its broker, and share the same
 cores. Prints each run and the median in MB/s (10^6 bytes).
 
@@ -91,6 +95,39 @@ def consume(path, total):
     return got / (time.monotonic() - start) / 1e6
 
 
+def latency(rate=5000, count=25000):
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+    pid = os.fork()
+    if pid == 0:
+        conn, _ = lsock.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while True:
+            msg = conn.recv(100, socket.MSG_WAITALL)
+            if len(msg) < 100:
+                os._exit(0)
+            conn.sendall(msg)
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    msg = b"x" * 100
+    interval = 1.0 / rate
+    start = time.monotonic()
+    rtts = []
+    for i in range(count):
+        wait = start + i * interval - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        t0 = time.monotonic()
+        sock.sendall(msg)
+        sock.recv(100, socket.MSG_WAITALL)
+        rtts.append(time.monotonic() - t0)
+    sock.close()
+    os.waitpid(pid, 0)
+    rtts.sort()
+    pick = lambda q: rtts[min(len(rtts) - 1, int(q * len(rtts)))] * 1e6
+    return pick(0.5), pick(0.99), pick(0.999), rtts[-1] * 1e6
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("dir")
@@ -107,6 +144,9 @@ def main():
             runs = [f(path, total) for _ in range(a.runs)]
             shown = " ".join(f"{r:.0f}" for r in runs)
             print(f"{name}: median {statistics.median(runs):.0f} MB/s (runs: {shown})")
+        p50, p99, p999, top = latency()
+        print(f"latency: round trip at 5,000/s p50 {p50:.0f} µs, p99 {p99:.0f}, "
+              f"p99.9 {p999:.0f}, max {top:.0f}")
     finally:
         if os.path.exists(path):
             os.remove(path)

@@ -662,22 +662,36 @@ impl Broker {
         let part = p.clone();
         let epoch = p.leader_epoch;
         let records = records.into();
-        let info = tokio::task::spawn_blocking(move || idempotence::append(&part, &records, epoch))
-            .await?
-            .map_err(|e| e.into_broker(topic, partition))?;
-        let durable = if p.fsync == FsyncPolicy::Always {
+        let (info, durable) = if p.fsync == FsyncPolicy::Always {
             // Synced whatever the producer waits for: data becomes readable only once it
-            // is durable. Concurrent callers of sync_to share one fdatasync.
+            // is durable. The blocking thread that appended goes on to sync (concurrent
+            // callers of sync_to share one fdatasync), one hand-off instead of two, while
+            // this task answers as soon as the append is done so the connection's next
+            // append can start.
+            let (appended_tx, appended_rx) = tokio::sync::oneshot::channel();
             let (tx, rx) = tokio::sync::oneshot::channel();
             tokio::task::spawn_blocking(move || {
-                let r = p.log.sync_to(info.last_offset);
-                p.publish_high_watermark();
-                let _ = tx.send(r);
+                let appended = idempotence::append(&part, &records, epoch);
+                let last = appended.as_ref().ok().map(|i| i.last_offset);
+                let _ = appended_tx.send(appended);
+                if let Some(last) = last {
+                    let r = p.log.sync_to(last);
+                    p.publish_high_watermark();
+                    let _ = tx.send(r);
+                }
             });
-            Some(rx)
+            let info = appended_rx
+                .await
+                .map_err(|_| BrokerError::ShuttingDown)?
+                .map_err(|e| e.into_broker(topic, partition))?;
+            (info, Some(rx))
         } else {
+            let info =
+                tokio::task::spawn_blocking(move || idempotence::append(&part, &records, epoch))
+                    .await?
+                    .map_err(|e| e.into_broker(topic, partition))?;
             p.publish_high_watermark();
-            None
+            (info, None)
         };
         Ok(Appended {
             info,
