@@ -30,13 +30,25 @@ import time
 CHUNK = 1 << 20
 
 
-def produce(path, total):
+def pair(serve):
+    """Forks a server process that runs `serve(conn)` on one loopback connection; returns
+    its pid and the client's socket (TCP_NODELAY on both ends)."""
     lsock = socket.create_server(("127.0.0.1", 0))
     port = lsock.getsockname()[1]
-    start = time.monotonic()
     pid = os.fork()
     if pid == 0:
         conn, _ = lsock.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        serve(conn)
+        os._exit(0)
+    lsock.close()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return pid, sock
+
+
+def produce(path, total):
+    def serve(conn):
         buf = bytearray(CHUNK)
         view = memoryview(buf)
         fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
@@ -49,8 +61,9 @@ def produce(path, total):
             off += n
         os.close(fd)
         conn.sendall(b"k")
-        os._exit(0)
-    sock = socket.create_connection(("127.0.0.1", port))
+
+    start = time.monotonic()
+    pid, sock = pair(serve)
     data = b"x" * CHUNK
     sent = 0
     while sent < total:
@@ -63,12 +76,7 @@ def produce(path, total):
 
 
 def consume(path, total):
-    lsock = socket.create_server(("127.0.0.1", 0))
-    port = lsock.getsockname()[1]
-    start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        conn, _ = lsock.accept()
+    def serve(conn):
         fd = os.open(path, os.O_RDONLY)
         buf = bytearray(CHUNK)
         view = memoryview(buf)
@@ -80,8 +88,9 @@ def consume(path, total):
             conn.sendall(view[:n])
             off += n
         conn.close()
-        os._exit(0)
-    sock = socket.create_connection(("127.0.0.1", port))
+
+    start = time.monotonic()
+    pid, sock = pair(serve)
     buf = bytearray(CHUNK)
     got = 0
     while True:
@@ -96,19 +105,14 @@ def consume(path, total):
 
 
 def latency(rate=5000, count=25000):
-    lsock = socket.create_server(("127.0.0.1", 0))
-    port = lsock.getsockname()[1]
-    pid = os.fork()
-    if pid == 0:
-        conn, _ = lsock.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def serve(conn):
         while True:
             msg = conn.recv(100, socket.MSG_WAITALL)
             if len(msg) < 100:
-                os._exit(0)
+                return
             conn.sendall(msg)
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    pid, sock = pair(serve)
     msg = b"x" * 100
     interval = 1.0 / rate
     start = time.monotonic()
