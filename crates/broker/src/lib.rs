@@ -670,7 +670,7 @@ impl Broker {
             // append can start.
             let (appended_tx, appended_rx) = tokio::sync::oneshot::channel();
             let (tx, rx) = tokio::sync::oneshot::channel();
-            tokio::task::spawn_blocking(move || {
+            let task = tokio::task::spawn_blocking(move || {
                 let appended = idempotence::append(&part, &records, epoch);
                 let last = appended.as_ref().ok().map(|i| i.last_offset);
                 let _ = appended_tx.send(appended);
@@ -680,10 +680,16 @@ impl Broker {
                     let _ = tx.send(r);
                 }
             });
-            let info = appended_rx
-                .await
-                .map_err(|_| BrokerError::ShuttingDown)?
-                .map_err(|e| e.into_broker(topic, partition))?;
+            let info = match appended_rx.await {
+                Ok(appended) => appended.map_err(|e| e.into_broker(topic, partition))?,
+                // The task ended without answering: it panicked or never ran.
+                Err(_) => {
+                    return Err(task
+                        .await
+                        .err()
+                        .map_or(BrokerError::ShuttingDown, Into::into));
+                }
+            };
             (info, Some(rx))
         } else {
             let info =

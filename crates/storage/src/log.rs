@@ -18,7 +18,7 @@ use crate::marker::{CleanShutdown, write_clean_shutdown};
 use crate::recovery::{RecoveryReport, recover};
 use crate::segment::{
     LOG_SUFFIX, Segment, SegmentReader, last_offset, relative, remove_if_exists,
-    remove_index_files, remove_segment_files, segment_path, write_index_files,
+    remove_index_files, remove_segment_files, segment_path, would_block, write_index_files,
 };
 use crate::{Clock, StorageError};
 
@@ -579,9 +579,7 @@ impl Log {
         };
         let (targets, upper, truncations) = {
             let st = if cached_only {
-                self.state
-                    .try_lock()
-                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::WouldBlock))?
+                self.state.try_lock().ok_or_else(would_block)?
             } else {
                 self.state.lock()
             };

@@ -75,9 +75,15 @@ pub(crate) struct SegmentReader<'a> {
     buf: Bytes,
     /// File position of `buf[0]`.
     buf_pos: u64,
-    /// Refill only from the page cache, in reads of at most [`CACHED_READ_BYTES_MAX`];
-    /// anything else fails with [`io::ErrorKind::WouldBlock`].
-    cached_only: bool,
+    /// `Some`: refill only from the page cache, with at most these bytes left to read in
+    /// all (from [`CACHED_READ_BYTES_MAX`]); anything else fails with
+    /// [`io::ErrorKind::WouldBlock`]. `None`: refill from the disk as needed.
+    cached_bytes_left: Option<u64>,
+}
+
+/// What a read that must not wait answers instead.
+pub(crate) fn would_block() -> io::Error {
+    io::ErrorKind::WouldBlock.into()
 }
 
 impl<'a> SegmentReader<'a> {
@@ -90,13 +96,14 @@ impl<'a> SegmentReader<'a> {
             chunk: u64::from(chunk.max(BATCH_HEADER_BYTES as u32)),
             buf: Bytes::new(),
             buf_pos: 0,
-            cached_only: false,
+            cached_bytes_left: None,
         }
     }
 
-    /// This reader, refilling only from the page cache (see [`DiskFile::read_cached_at`]).
+    /// This reader, refilling only from the page cache (see [`DiskFile::read_cached_at`])
+    /// and reading at most [`CACHED_READ_BYTES_MAX`] in all.
     pub(crate) fn cached_only(mut self) -> Self {
-        self.cached_only = true;
+        self.cached_bytes_left = Some(CACHED_READ_BYTES_MAX.into());
         self
     }
 
@@ -123,14 +130,14 @@ impl<'a> SegmentReader<'a> {
         if pos < self.buf_pos || stop > buf_end {
             // `len` is bounded by `end`, itself bounded by the 2 GiB segment limit.
             let want = len.max(self.chunk).min(self.end - pos);
-            let v = if self.cached_only {
-                (want <= u64::from(CACHED_READ_BYTES_MAX))
-                    .then(|| self.file.read_cached_at(want as usize, pos))
-                    .transpose()?
-                    .flatten()
-                    .ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))?
-            } else {
-                self.file.read_vec_at(want as usize, pos)?
+            let v = match &mut self.cached_bytes_left {
+                None => self.file.read_vec_at(want as usize, pos)?,
+                Some(left) => {
+                    *left = left.checked_sub(want).ok_or_else(would_block)?;
+                    self.file
+                        .read_cached_at(want as usize, pos)?
+                        .ok_or_else(would_block)?
+                }
             };
             if (v.len() as u64) < len {
                 return Err(self.corrupt(pos, "file is shorter than its recorded size"));
