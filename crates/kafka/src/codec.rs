@@ -13,13 +13,14 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
-    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FetchResponse,
+    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
     OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader,
     SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use weir_proto::{FrameParts, SHARED_PART_BYTES_MIN};
 
 use crate::versions;
 
@@ -237,6 +238,116 @@ pub(crate) fn encode_response<R: Encodable + HeaderVersion>(
     encode_at(header.api_key, header.correlation_id, header.version, body)
 }
 
+/// Encodes a fetch response as parts that share the log's memory: record sets of at least
+/// `SHARED_PART_BYTES_MIN` bytes are not copied into the frame (the writer hands them to the
+/// socket as they are). The parts concatenated are byte for byte [`encode_response`].
+///
+/// kafka-protocol encodes a message into one buffer, so the frame around the records is
+/// found by encoding the response twice with those record sets left out: once empty and
+/// once null. The two encodings have the same length and differ only in each record set's
+/// length field (`01` / `00` as a compact length from v12, `00000000` / `ffffffff` as an
+/// `i32` before), which says where each record set goes.
+pub(crate) fn encode_fetch_response(
+    header: &Header,
+    body: &FetchResponse,
+) -> Result<FrameParts, EncodeError> {
+    let shared: Vec<Bytes> = body
+        .responses
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .filter_map(|p| p.records.clone())
+        .filter(|r| r.len() >= SHARED_PART_BYTES_MIN)
+        .collect();
+    if shared.is_empty() {
+        return encode_response(header, body).map(FrameParts::from);
+    }
+    let without = |records: Option<Bytes>| {
+        let mut b = body.clone();
+        for p in b.responses.iter_mut().flat_map(|t| &mut t.partitions) {
+            if p.records
+                .as_ref()
+                .is_some_and(|r| r.len() >= SHARED_PART_BYTES_MIN)
+            {
+                p.records = records.clone();
+            }
+        }
+        encode_response(header, &b)
+    };
+    let empty = without(Some(Bytes::new()))?.freeze();
+    let null = without(None)?;
+    let flexible = header.version >= FETCH_FLEXIBLE_VERSION;
+    let field_bytes = if flexible { 1 } else { 4 };
+    let fields = length_fields(&empty, &null);
+    if fields.len() != shared.len() || fields.iter().any(|f| f.len() != field_bytes) {
+        // Not the layout described above: encode the plain way rather than guess.
+        debug_assert!(false, "fetch response length fields not found: {fields:?}");
+        return encode_response(header, body).map(FrameParts::from);
+    }
+    let too_large = |e: std::num::TryFromIntError| EncodeError {
+        api: header.api_key,
+        version: header.version,
+        reason: e.to_string(),
+    };
+    let mut head = BytesMut::with_capacity(empty.len() + shared.len() * VARINT_BYTES_MAX);
+    let mut size = empty.len() - SIZE_PREFIX_BYTES - shared.len() * field_bytes;
+    for records in &shared {
+        size += records.len()
+            + if flexible {
+                varint_len(records.len() as u64 + 1)
+            } else {
+                4
+            };
+    }
+    head.put_i32(i32::try_from(size).map_err(too_large)?);
+    let mut out = FrameParts::default();
+    let mut at = SIZE_PREFIX_BYTES;
+    for (field, records) in fields.iter().zip(&shared) {
+        head.extend_from_slice(&empty[at..field.start]);
+        if flexible {
+            put_unsigned_varint(&mut head, records.len() as u64 + 1);
+        } else {
+            head.put_i32(i32::try_from(records.len()).map_err(too_large)?);
+        }
+        out.push(head.split().freeze());
+        out.push(records.clone());
+        at = field.end;
+    }
+    head.extend_from_slice(&empty[at..]);
+    out.push(head.freeze());
+    debug_assert_eq!(out.len(), SIZE_PREFIX_BYTES + size);
+    Ok(out)
+}
+
+/// Bytes of the longest unsigned varint of a `u64`.
+const VARINT_BYTES_MAX: usize = 10;
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// First Fetch version with compact (flexible) encodings.
+const FETCH_FLEXIBLE_VERSION: i16 = 12;
+
+/// The byte ranges where two encodings of the same length differ, merged where adjacent.
+fn length_fields(a: &[u8], b: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, _) in a.iter().zip(b).enumerate().filter(|(_, (x, y))| x != y) {
+        match out.last_mut() {
+            Some(r) if r.end == i => r.end = i + 1,
+            _ => out.push(i..i + 1),
+        }
+    }
+    out
+}
+
+fn put_unsigned_varint(out: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        out.put_u8((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
 /// Encodes a response at an explicit version (the ApiVersions fallback answers at v0).
 pub(crate) fn encode_at<R: Encodable + HeaderVersion>(
     api: ApiKey,
@@ -324,5 +435,78 @@ mod tests {
             decode(Bytes::from_static(b"\0\0")).unwrap_err(),
             DecodeError::Short(2)
         );
+    }
+
+    /// A fetch response with one partition per entry of `sizes` (`None`: no record set),
+    /// spread over two topics.
+    fn fetch_response(sizes: &[Option<usize>]) -> FetchResponse {
+        use kafka_protocol::messages::TopicName;
+        use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+        let mut r = FetchResponse::default();
+        for (t, chunk) in sizes.chunks(3).enumerate() {
+            let mut topic = FetchableTopicResponse::default();
+            topic.topic = TopicName(StrBytes::from_string(format!("topic-{t}")));
+            for (i, size) in chunk.iter().enumerate() {
+                let mut p = PartitionData::default();
+                p.partition_index = i as i32;
+                p.high_watermark = 1_000_000 + i as i64;
+                p.log_start_offset = 3;
+                p.records = size.map(|n| Bytes::from((0..n).map(|b| b as u8).collect::<Vec<_>>()));
+                topic.partitions.push(p);
+            }
+            r.responses.push(topic);
+        }
+        r
+    }
+
+    #[test]
+    fn fetch_response_parts_are_the_same_bytes_without_copying_records() {
+        let big = SHARED_PART_BYTES_MIN;
+        for sizes in [
+            vec![],
+            vec![None],
+            vec![Some(0)],
+            vec![Some(10)],
+            vec![Some(big)],
+            vec![Some(big - 1), Some(big + 1)],
+            vec![Some(1 << 20), None, Some(0), Some(200_000), Some(5)],
+            vec![Some(1 << 20); 4],
+        ] {
+            let body = fetch_response(&sizes);
+            let (low, high) = versions::supported(ApiKey::Fetch).expect("fetch is spoken");
+            for version in low..=high {
+                let header = Header {
+                    api_key: ApiKey::Fetch,
+                    version,
+                    correlation_id: 77,
+                    client_id: None,
+                };
+                let parts = encode_fetch_response(&header, &body).expect("encodes");
+                let whole = encode_response(&header, &body).expect("encodes");
+                assert_eq!(parts.to_bytes(), whole.freeze(), "v{version} {sizes:?}");
+                for records in body
+                    .responses
+                    .iter()
+                    .flat_map(|t| &t.partitions)
+                    .filter_map(|p| p.records.as_ref())
+                    .filter(|r| r.len() >= big)
+                {
+                    assert!(
+                        parts.parts().iter().any(|x| x.as_ptr() == records.as_ptr()),
+                        "v{version}: records of {} bytes were copied",
+                        records.len()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn varint_lengths_match_the_encoding() {
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, 1 << 35, u64::MAX] {
+            let mut b = BytesMut::new();
+            put_unsigned_varint(&mut b, v);
+            assert_eq!(b.len(), varint_len(v), "{v}");
+        }
     }
 }

@@ -17,7 +17,8 @@
 //!   durability, and every other request, runs in its own task.
 //! - the writer receives answers as they are ready, with their sequence numbers, keeps
 //!   the early ones aside, and writes them in sequence, gathering whatever is ready into
-//!   one flush. A permit and a reservation are released only once their answer is written,
+//!   vectored writes (a fetch response's records go to the socket from the log's buffers,
+//!   uncopied). A permit and a reservation are released only once their answer is written,
 //!   so the answers kept aside are bounded too: a client that does not read its responses
 //!   stops being read. Reservations are taken in request order and answers are written in
 //!   request order, so the reader's wait always ends once the earlier answers are out.
@@ -26,20 +27,25 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::io::IoSlice;
+
 use bytes::BytesMut;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weir_broker::Broker;
 use weir_net::{ByteBudget, READ_CHUNK_BYTES, Reservation};
+use weir_proto::{FrameParts, WriteQueue};
 
 use crate::codec::{self, Decoded, Header, Request};
 use crate::{KafkaConfig, handler, produce, versions};
 
-/// Bytes the writer gathers before it flushes the socket.
-const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// Bytes of answers the writer gathers into one round of vectored writes.
+const WRITE_GATHER_BYTES_MAX: usize = 256 * 1024;
+/// Parts handed to one vectored write (the rest go in the next).
+const WRITE_SLICES_MAX: usize = 64;
 
 /// What every connection shares.
 #[derive(Debug)]
@@ -50,9 +56,10 @@ pub(crate) struct Shared {
     pub(crate) stop: CancellationToken,
 }
 
-/// An encoded response frame, or `None` when the connection must close instead (a
-/// response that could not be encoded: the client would wait for it forever).
-pub(crate) type Reply = Option<BytesMut>;
+/// An encoded response frame (as parts: a fetch response's records are not copied into
+/// it), or `None` when the connection must close instead (a response that could not be
+/// encoded: the client would wait for it forever).
+pub(crate) type Reply = Option<FrameParts>;
 
 /// An answer on its way to the writer.
 struct Answer {
@@ -170,7 +177,8 @@ async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                             kafka_protocol::ResponseError::UnsupportedVersion,
                         )),
                     )
-                    .ok();
+                    .ok()
+                    .map(FrameParts::from);
                     let Ok(permit) = inflight.clone().acquire_owned().await else {
                         break 'conn;
                     };
@@ -281,34 +289,57 @@ async fn dispatch_loop(
 
 /// Writes answers in request order; see the module documentation.
 async fn write_loop(
-    wr: tokio::net::tcp::OwnedWriteHalf,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
     mut answers: mpsc::UnboundedReceiver<Answer>,
     peer: SocketAddr,
 ) {
-    let mut w = BufWriter::with_capacity(WRITE_BUFFER_BYTES, wr);
+    let mut queue = WriteQueue::new();
     let mut next = 0u64;
     // Answers that arrived before an earlier one; at most `inflight_requests_max`.
     let mut early: BTreeMap<u64, Answer> = BTreeMap::new();
+    // Answers queued for the socket; dropped (permits and budget released) once written.
+    let mut written: Vec<Answer> = Vec::new();
+    let mut closing = false;
     while let Some(first) = answers.recv().await {
         early.insert(first.seq, first);
-        // Gather whatever else is ready into the same flush.
-        while let Ok(a) = answers.try_recv() {
-            early.insert(a.seq, a);
-        }
-        while let Some(answer) = early.remove(&next) {
-            let Some(frame) = answer.reply else {
-                tracing::warn!(%peer, "closing kafka connection: a response could not be produced");
-                let _ = w.flush().await;
-                return;
-            };
-            if w.write_all(&frame).await.is_err() {
-                return;
+        loop {
+            // Gather whatever else is ready into the same writes.
+            while let Ok(a) = answers.try_recv() {
+                early.insert(a.seq, a);
             }
-            next += 1;
+            while !closing
+                && queue.len() < WRITE_GATHER_BYTES_MAX
+                && let Some(mut answer) = early.remove(&next)
+            {
+                match answer.reply.take() {
+                    Some(frame) => {
+                        queue.push(frame);
+                        written.push(answer);
+                        next += 1;
+                    }
+                    None => {
+                        tracing::warn!(%peer, "closing kafka connection: a response could not be produced");
+                        closing = true;
+                    }
+                }
+            }
+            if queue.is_empty() {
+                break;
+            }
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES_MAX];
+            let n = queue.io_slices(&mut slices);
+            match wr.write_vectored(&slices[..n]).await {
+                Ok(0) | Err(_) => return,
+                Ok(done) => queue.advance(done),
+            }
+            if queue.is_empty() {
+                written.clear();
+            }
         }
-        if w.flush().await.is_err() {
+        if closing {
+            // Everything before the missing answer is written; the close tells the rest.
             return;
         }
     }
-    let _ = w.shutdown().await;
+    let _ = wr.shutdown().await;
 }

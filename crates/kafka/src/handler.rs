@@ -8,18 +8,23 @@ use kafka_protocol::messages::FindCoordinatorResponse;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
 
-use crate::codec::{self, Header, Request};
+use weir_proto::FrameParts;
+
+use crate::codec::{self, EncodeError, Header, Request};
 use crate::conn::{Reply, Shared};
 use crate::{admin, fetch, groups, metadata, offsets, produce, versions};
 
 fn reply<R: Encodable + HeaderVersion>(header: &Header, body: &R) -> Reply {
-    match codec::encode_response(header, body) {
-        Ok(b) => Some(b),
-        Err(e) => {
+    answer(codec::encode_response(header, body).map(FrameParts::from))
+}
+
+/// The encoded response, or `None` (close the connection) when it could not be encoded.
+pub(crate) fn answer(encoded: Result<FrameParts, EncodeError>) -> Reply {
+    encoded
+        .inspect_err(|e| {
             tracing::error!(error = %e, "cannot encode a kafka response; closing the connection");
-            None
-        }
-    }
+        })
+        .ok()
 }
 
 /// Runs one request from `peer` and encodes its answer.
@@ -47,7 +52,10 @@ pub(crate) async fn handle(
             let started = produce::start(shared, r).await;
             produce::finish(header, started).await
         }
-        Request::Fetch(r) => reply(header, &fetch::fetch(shared, r).await),
+        Request::Fetch(r) => answer(codec::encode_fetch_response(
+            header,
+            &fetch::fetch(shared, r).await,
+        )),
         Request::ListOffsets(r) => reply(header, &offsets::list_offsets(shared, v, r).await),
         Request::OffsetForLeaderEpoch(r) => {
             reply(header, &offsets::offset_for_leader_epoch(shared, r).await)

@@ -12,6 +12,7 @@ use weir_broker::{Acks, Appended, BrokerError};
 use crate::codec::{self, Header, Request};
 use crate::conn::{Reply, Shared};
 use crate::errors::code_and_message;
+use crate::handler;
 
 /// Whether a request gets an answer: everything but a produce with acks=0.
 pub(crate) fn expects_reply(request: &Request) -> bool {
@@ -144,11 +145,5 @@ pub(crate) async fn finish(header: &Header, started: Started) -> Reply {
         topic.partition_responses = answers;
         response.responses.push(topic);
     }
-    match codec::encode_response(header, &response) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            tracing::error!(error = %e, "produce response");
-            None
-        }
-    }
+    handler::answer(codec::encode_response(header, &response).map(Into::into))
 }

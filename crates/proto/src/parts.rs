@@ -66,7 +66,8 @@ impl FrameParts {
         }
     }
 
-    fn push(&mut self, part: Bytes) {
+    /// Appends a part (an empty one is left out).
+    pub fn push(&mut self, part: Bytes) {
         if !part.is_empty() {
             self.len += part.len();
             self.parts.push(part);

@@ -71,11 +71,15 @@ async fn read_frame(rd: &mut OwnedReadHalf) -> Result<Bytes> {
     if size > RESPONSE_BYTES_MAX {
         bail!("response of {size} bytes is above {RESPONSE_BYTES_MAX}");
     }
-    let mut body = vec![0u8; size];
-    rd.read_exact(&mut body)
-        .await
-        .context("the Kafka listener closed")?;
-    Ok(Bytes::from(body))
+    // Read into spare capacity: no zero-fill of a buffer the socket overwrites.
+    let mut body = BytesMut::with_capacity(size);
+    while body.len() < size {
+        let want = (size - body.len()) as u64;
+        if (&mut *rd).take(want).read_buf(&mut body).await? == 0 {
+            bail!("the Kafka listener closed");
+        }
+    }
+    Ok(body.freeze())
 }
 
 /// Decodes a response to the request `correlation_id`.
