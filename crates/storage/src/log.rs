@@ -7,7 +7,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use tracing::warn;
 use weir_record::{
-    BatchHeader, BatchIter, Compression, RecordError, records, set_base_offset,
+    BATCH_HEADER_BYTES, BatchHeader, BatchIter, Compression, RecordError, records, set_base_offset,
     set_partition_leader_epoch, validate_batch,
 };
 
@@ -663,6 +663,11 @@ impl Log {
         }
         let mut end = start;
         while end < r.end() {
+            // A batch is at least a header: once one no longer fits, stop without looking
+            // (a look past the window would copy another chunk only to stop there).
+            if end > start && end - start + BATCH_HEADER_BYTES as u64 > u64::from(max_bytes) {
+                break;
+            }
             let h = match r.header(end) {
                 Ok(h) => h,
                 Err(e) if end == start => return Err(e),

@@ -283,6 +283,32 @@ fn cached_reads_answer_as_reads_do_or_not_at_all() {
 }
 
 #[test]
+fn a_first_batch_above_max_bytes_is_read_from_the_cache_in_one_pass() {
+    // Batches of about 1,000 KiB read with max_bytes 600 KiB: each fetch answers one
+    // whole batch. Looking past it for the next batch's header would copy another chunk
+    // and push the read over CACHED_READ_BYTES_MAX, leaving a cached tail to `read`.
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        fsync: FsyncPolicy::Never,
+        ..LogConfig::default()
+    };
+    let (log, _) = open(dir.path(), config);
+    for i in 0..3 {
+        log.append(&mut batch(10, T0 + i, 100 * 1024), 1).unwrap();
+    }
+    let hw = log.high_watermark();
+    for offset in [0, 10, 25] {
+        let read = log.read(offset, 600 * 1024, hw).unwrap();
+        assert_eq!(headers(&read.bytes).len(), 1, "offset {offset}");
+        let cached = log
+            .read_cached(offset, 600 * 1024, hw)
+            .expect("one batch of the cached tail");
+        assert_eq!(cached.bytes, read.bytes, "offset {offset}");
+        assert_eq!(cached.next_offset, read.next_offset);
+    }
+}
+
+#[test]
 fn a_disk_that_cannot_tell_what_is_cached_leaves_every_read_to_read() {
     let dir = tempfile::tempdir().unwrap();
     let disk = Arc::new(FaultyDisk::new(Arc::new(FsDisk)));
