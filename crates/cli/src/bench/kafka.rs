@@ -75,7 +75,12 @@ async fn read_frame(rd: &mut OwnedReadHalf) -> Result<Bytes> {
     let mut body = BytesMut::with_capacity(size);
     while body.len() < size {
         let want = (size - body.len()) as u64;
-        if (&mut *rd).take(want).read_buf(&mut body).await? == 0 {
+        let got = (&mut *rd)
+            .take(want)
+            .read_buf(&mut body)
+            .await
+            .context("the Kafka listener closed")?;
+        if got == 0 {
             bail!("the Kafka listener closed");
         }
     }
