@@ -21,7 +21,9 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use weir_proto::{FrameParts, Request, Response, WriteQueue, v1};
+use weir_proto::{
+    FrameParts, Request, Response, WRITE_GATHER_BYTES_MAX, WRITE_SLICES_MAX, WriteQueue, v1,
+};
 
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
@@ -29,10 +31,6 @@ use crate::error::{ClientError, Result};
 /// Frames queued for the writer task beyond the in-flight requests (one-way produces do
 /// not hold an in-flight permit, so this bounds them).
 const WRITE_QUEUE_FRAMES_MAX: usize = 1024;
-/// Bytes the writer task gathers from queued frames into one vectored write.
-const WRITE_GATHER_BYTES_MAX: usize = 256 * 1024;
-/// Buffers one vectored write hands to the kernel at most (Linux allows 1024).
-const WRITE_SLICES_MAX: usize = 64;
 /// Spare room the reader keeps in its receive buffer.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 

@@ -24,10 +24,9 @@
 //!   request order, so the reader's wait always ends once the earlier answers are out.
 
 use std::collections::BTreeMap;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-use std::io::IoSlice;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -37,15 +36,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use weir_broker::Broker;
 use weir_net::{ByteBudget, READ_CHUNK_BYTES, Reservation};
-use weir_proto::{FrameParts, WriteQueue};
+use weir_proto::{FrameParts, WRITE_GATHER_BYTES_MAX, WRITE_SLICES_MAX, WriteQueue};
 
 use crate::codec::{self, Decoded, Header, Request};
 use crate::{KafkaConfig, handler, produce, versions};
-
-/// Bytes of answers the writer gathers into one round of vectored writes.
-const WRITE_GATHER_BYTES_MAX: usize = 256 * 1024;
-/// Parts handed to one vectored write (the rest go in the next).
-const WRITE_SLICES_MAX: usize = 64;
 
 /// What every connection shares.
 #[derive(Debug)]

@@ -14,12 +14,13 @@ use crate::codec::{self, EncodeError, Header, Request};
 use crate::conn::{Reply, Shared};
 use crate::{admin, fetch, groups, metadata, offsets, produce, versions};
 
-fn reply<R: Encodable + HeaderVersion>(header: &Header, body: &R) -> Reply {
+/// The encoded response, or `None` (close the connection) when it could not be encoded.
+pub(crate) fn reply<R: Encodable + HeaderVersion>(header: &Header, body: &R) -> Reply {
     answer(codec::encode_response(header, body).map(FrameParts::from))
 }
 
-/// The encoded response, or `None` (close the connection) when it could not be encoded.
-pub(crate) fn answer(encoded: Result<FrameParts, EncodeError>) -> Reply {
+/// `encoded`, or `None` (close the connection) when it could not be encoded.
+fn answer(encoded: Result<FrameParts, EncodeError>) -> Reply {
     encoded
         .inspect_err(|e| {
             tracing::error!(error = %e, "cannot encode a kafka response; closing the connection");

@@ -9,7 +9,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use weir_broker::{Acks, Appended, BrokerError};
 
-use crate::codec::{self, Header, Request};
+use crate::codec::{Header, Request};
 use crate::conn::{Reply, Shared};
 use crate::errors::code_and_message;
 use crate::handler;
@@ -145,5 +145,5 @@ pub(crate) async fn finish(header: &Header, started: Started) -> Reply {
         topic.partition_responses = answers;
         response.responses.push(topic);
     }
-    handler::answer(codec::encode_response(header, &response).map(Into::into))
+    handler::reply(header, &response)
 }

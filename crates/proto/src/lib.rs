@@ -32,7 +32,8 @@ use prost::Message;
 mod parts;
 
 pub use parts::{
-    FrameParts, SHARED_PART_BYTES_MIN, WriteQueue, encode_request_parts, encode_response_parts,
+    FrameParts, SHARED_PART_BYTES_MIN, WRITE_GATHER_BYTES_MAX, WRITE_SLICES_MAX, WriteQueue,
+    encode_request_parts, encode_response_parts,
 };
 
 /// Generated protobuf types of protocol version 1.

@@ -212,6 +212,11 @@ pub fn encode_response_parts(correlation_id: u32, response: &Response) -> FrameP
     }
 }
 
+/// Bytes a writer task gathers from ready frames into one round of vectored writes.
+pub const WRITE_GATHER_BYTES_MAX: usize = 256 * 1024;
+/// Buffers one vectored write hands to the kernel at most (Linux allows 1024).
+pub const WRITE_SLICES_MAX: usize = 64;
+
 /// Frames waiting to be written, gathered into vectored writes.
 ///
 /// The writer task pushes frames, asks for [`io_slices`](Self::io_slices), writes them

@@ -22,15 +22,13 @@ use tokio_util::task::TaskTracker;
 use weir_broker::Broker;
 use weir_net::{ByteBudget, READ_CHUNK_BYTES, Reservation};
 use weir_proto::v1::{self, ErrorCode};
-use weir_proto::{BodyError, FrameError, FrameParts, Request, Response, WriteQueue, decode_frame};
+use weir_proto::{
+    BodyError, FrameError, FrameParts, Request, Response, WRITE_GATHER_BYTES_MAX, WRITE_SLICES_MAX,
+    WriteQueue, decode_frame,
+};
 
 use crate::config::Limits;
 use crate::handler;
-
-/// Bytes the writer gathers from ready responses before it writes them.
-const WRITE_GATHER_BYTES_MAX: usize = 256 * 1024;
-/// Buffers one vectored write hands to the kernel at most (Linux allows 1024).
-const WRITE_SLICES_MAX: usize = 64;
 
 /// What every connection shares.
 #[derive(Debug)]

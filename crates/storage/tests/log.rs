@@ -28,6 +28,28 @@ fn open(dir: &Path, config: LogConfig) -> (Log, RecoveryReport) {
     Log::open(dir, config, Arc::new(FsDisk), Arc::new(SystemClock)).expect("open")
 }
 
+/// A log on the real file system with fsync `never`, defaults otherwise.
+fn open_unsynced(dir: &Path) -> Log {
+    let config = LogConfig {
+        fsync: FsyncPolicy::Never,
+        ..LogConfig::default()
+    };
+    open(dir, config).0
+}
+
+/// A log with default settings on a fault-injecting disk over the real file system (no
+/// faults armed yet).
+fn open_faulty(dir: &Path) -> (Log, Arc<FaultyDisk>) {
+    let disk = Arc::new(FaultyDisk::new(Arc::new(FsDisk)));
+    let (log, _) = open_with(
+        dir,
+        LogConfig::default(),
+        disk.clone(),
+        Arc::new(SystemClock),
+    );
+    (log, disk)
+}
+
 fn open_with(
     dir: &Path,
     config: LogConfig,
@@ -223,11 +245,7 @@ fn on_tmpfs(path: &Path) -> bool {
 #[test]
 fn cached_reads_answer_as_reads_do_or_not_at_all() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        fsync: FsyncPolicy::Never,
-        ..LogConfig::default()
-    };
-    let (log, _) = open(dir.path(), config);
+    let log = open_unsynced(dir.path());
     // About 2.4 MiB: more than one cached read may copy.
     let written = fill(&log, 3600);
     assert!(log.size_bytes() > u64::from(CACHED_READ_BYTES_MAX));
@@ -288,11 +306,7 @@ fn a_first_batch_above_max_bytes_is_read_from_the_cache_in_one_pass() {
     // whole batch. Looking past it for the next batch's header would copy another chunk
     // and push the read over CACHED_READ_BYTES_MAX, leaving a cached tail to `read`.
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        fsync: FsyncPolicy::Never,
-        ..LogConfig::default()
-    };
-    let (log, _) = open(dir.path(), config);
+    let log = open_unsynced(dir.path());
     for i in 0..3 {
         log.append(&mut batch(10, T0 + i, 100 * 1024), 1).unwrap();
     }
@@ -311,13 +325,7 @@ fn a_first_batch_above_max_bytes_is_read_from_the_cache_in_one_pass() {
 #[test]
 fn a_disk_that_cannot_tell_what_is_cached_leaves_every_read_to_read() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = Arc::new(FaultyDisk::new(Arc::new(FsDisk)));
-    let (log, _) = open_with(
-        dir.path(),
-        LogConfig::default(),
-        disk,
-        Arc::new(SystemClock),
-    );
+    let (log, _) = open_faulty(dir.path());
     fill(&log, 3);
     log.sync().unwrap();
     let hw = log.high_watermark();
@@ -649,13 +657,7 @@ fn retention_by_age_and_by_bytes() {
 #[test]
 fn a_failed_fsync_poisons_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = Arc::new(FaultyDisk::new(Arc::new(FsDisk)));
-    let (log, _) = open_with(
-        dir.path(),
-        LogConfig::default(),
-        disk.clone(),
-        Arc::new(SystemClock),
-    );
+    let (log, disk) = open_faulty(dir.path());
     let info = log.append(&mut batch(1, T0, 5), 1).unwrap();
     log.sync_to(info.last_offset).unwrap();
     log.append(&mut batch(1, T0, 5), 1).unwrap();
@@ -686,13 +688,7 @@ fn a_failed_fsync_poisons_the_log() {
 #[test]
 fn a_failed_write_leaves_the_log_usable() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = Arc::new(FaultyDisk::new(Arc::new(FsDisk)));
-    let (log, _) = open_with(
-        dir.path(),
-        LogConfig::default(),
-        disk.clone(),
-        Arc::new(SystemClock),
-    );
+    let (log, disk) = open_faulty(dir.path());
     log.append(&mut batch(1, T0, 5), 1).unwrap();
     disk.fail_writes_after(0, FaultKind::Enospc);
     match log.append(&mut batch(1, T0, 5), 1) {
@@ -712,13 +708,7 @@ fn a_failed_write_leaves_the_log_usable() {
 #[test]
 fn one_fsync_covers_every_earlier_append() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = Arc::new(FaultyDisk::new(Arc::new(FsDisk)));
-    let (log, _) = open_with(
-        dir.path(),
-        LogConfig::default(),
-        disk.clone(),
-        Arc::new(SystemClock),
-    );
+    let (log, disk) = open_faulty(dir.path());
     let base = disk.sync_count();
     let mut last = 0;
     for _ in 0..10 {
@@ -768,14 +758,8 @@ fn concurrent_appenders_share_fsyncs() {
     const THREADS: usize = 4;
     const APPENDS: usize = 40;
     let dir = tempfile::tempdir().unwrap();
-    let disk = Arc::new(FaultyDisk::new(Arc::new(FsDisk)));
+    let (log, disk) = open_faulty(dir.path());
     disk.set_sync_delay(Duration::from_millis(2));
-    let (log, _) = open_with(
-        dir.path(),
-        LogConfig::default(),
-        disk.clone(),
-        Arc::new(SystemClock),
-    );
     let log = Arc::new(log);
     let base = disk.sync_count();
     let threads: Vec<_> = (0..THREADS)
@@ -852,11 +836,7 @@ fn readers_see_whole_batches_while_appending_and_deleting() {
 #[test]
 fn high_watermark_follows_the_fsync_policy() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        fsync: FsyncPolicy::Never,
-        ..LogConfig::default()
-    };
-    let (log, _) = open(dir.path(), config);
+    let log = open_unsynced(dir.path());
     log.append(&mut batch(2, T0, 5), 1).unwrap();
     assert_eq!(log.high_watermark(), 2);
     assert_eq!(log.durable_end_offset(), 0);
