@@ -24,6 +24,7 @@ pub mod idempotence;
 pub mod metadata;
 mod partition;
 mod partitions;
+mod read_ahead;
 pub mod state_store;
 pub mod topic;
 
@@ -44,6 +45,9 @@ use weir_storage::{
 
 use metadata::{MetadataCommand, MetadataError, MetadataStore, TopicMeta};
 use partition::Partition;
+use read_ahead::{
+    READ_AHEAD_BUDGET_BYTES, READ_AHEAD_BYTES_MAX, READ_AHEAD_BYTES_MIN, ReadAheadBudget, Start,
+};
 pub use weir_storage::AppendInfo;
 
 /// Settings of the broker, filled by the server from its configuration.
@@ -391,6 +395,8 @@ struct Inner {
     topics: RwLock<HashMap<String, Arc<TopicHandle>>>,
     shutdown: CancellationToken,
     tasks: tokio_util::task::TaskTracker,
+    /// Memory the partitions' read-aheads share (`read_ahead`).
+    read_ahead: ReadAheadBudget,
 }
 
 /// The broker. Cheap to clone; every clone is the same broker.
@@ -465,6 +471,7 @@ impl Broker {
             topics: RwLock::new(topics),
             shutdown: CancellationToken::new(),
             tasks: tokio_util::task::TaskTracker::new(),
+            read_ahead: ReadAheadBudget::new(READ_AHEAD_BUDGET_BYTES),
         });
         let broker = Broker { inner };
         let handles: Vec<_> = broker.inner.topics.read().values().cloned().collect();
@@ -739,28 +746,44 @@ impl Broker {
             .iter()
             .filter_map(|r| r.as_ref().ok().map(|p| p.subscribe()))
             .collect();
+        let parts: Vec<_> = resolved.iter().map(|r| r.as_ref().ok().cloned()).collect();
+        // Reads made ahead for this fetch (`read_ahead`), waited for if still under way.
+        let claims = parts.iter().zip(&spec.partitions).map(|(p, s)| {
+            let claimed = p.as_ref().and_then(|p| p.read_ahead.claim(s.offset));
+            async move {
+                let c = claimed?;
+                let max_bytes = c.max_bytes;
+                c.result().await.map(|r| (max_bytes, r))
+            }
+        });
+        let ahead: Vec<_> = futures::future::join_all(claims).await;
         loop {
             for r in &mut receivers {
                 r.borrow_and_update();
             }
-            let parts: Vec<_> = resolved.iter().map(|r| r.as_ref().ok().cloned()).collect();
             // A small fetch of data in the page cache (a consumer at the tail, or one
             // reading a backlog 1 MiB per partition) is read right here; one that may wait
             // for the disk or copy more goes to a blocking thread. The hand-off there and
             // back costs more than such a copy.
             let cached = (inline_bytes <= u64::from(CACHED_READ_BYTES_MAX))
                 .then(|| {
-                    read_partitions(&spec.partitions, &parts, max_bytes, |log, o, m, u| {
-                        log.read_cached(o, m, u).map(Ok)
-                    })
+                    read_partitions(
+                        &spec.partitions,
+                        &parts,
+                        &ahead,
+                        max_bytes,
+                        |log, o, m, u| log.read_cached(o, m, u).map(Ok),
+                    )
                 })
                 .flatten();
-            let mut results = match cached {
-                Some(results) => results,
+            let (mut results, next) = match cached {
+                Some(read) => read,
                 None => {
                     let specs = spec.partitions.clone();
+                    let parts = parts.clone();
+                    let ahead = ahead.clone();
                     tokio::task::spawn_blocking(move || {
-                        read_partitions(&specs, &parts, max_bytes, |log, o, m, u| {
+                        read_partitions(&specs, &parts, &ahead, max_bytes, |log, o, m, u| {
                             Some(log.read(o, m, u))
                         })
                         .expect("a blocking read always answers")
@@ -781,6 +804,7 @@ impl Broker {
                 || Instant::now() >= deadline
                 || self.inner.shutdown.is_cancelled()
             {
+                self.start_read_aheads(&parts, &next);
                 return Ok(results);
             }
             let changed =
@@ -789,6 +813,44 @@ impl Broker {
                 _ = changed => {}
                 () = tokio::time::sleep_until(deadline) => {}
                 () = self.inner.shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Starts reading, for each partition a fetch left data behind in, what the same
+    /// consumer will fetch next (`read_ahead`).
+    fn start_read_aheads(&self, parts: &[Option<Arc<Partition>>], next: &[Option<NextRead>]) {
+        if self.inner.shutdown.is_cancelled() {
+            return;
+        }
+        let budget = &self.inner.read_ahead;
+        for (p, next) in parts.iter().zip(next) {
+            let (Some(p), Some(next)) = (p, next) else {
+                continue;
+            };
+            let upper = p.log.high_watermark();
+            if next.offset >= upper
+                || !(READ_AHEAD_BYTES_MIN..=READ_AHEAD_BYTES_MAX).contains(&next.max_bytes)
+            {
+                continue;
+            }
+            let start = || {
+                p.read_ahead
+                    .start(&p.log, next.offset, next.max_bytes, upper, budget)
+            };
+            if start() == Start::OverBudget && budget.sweep_due() {
+                self.sweep_read_aheads();
+                start();
+            }
+        }
+    }
+
+    /// Drops every read-ahead nobody claimed in time, returning its memory to the budget.
+    fn sweep_read_aheads(&self) {
+        let topics: Vec<_> = self.inner.topics.read().values().cloned().collect();
+        for t in topics {
+            for p in &t.partitions {
+                p.read_ahead.drop_stale();
             }
         }
     }
@@ -1078,20 +1140,35 @@ fn describe(t: &TopicHandle) -> TopicDescription {
     }
 }
 
-/// Reads each partition once, sharing `max_bytes` among them in order. `read` reads one
-/// log; when it answers `None` for any partition, so does this.
+/// Where a partition's next read starts, after a fetch that returned data from it.
+#[derive(Debug, Clone, Copy)]
+struct NextRead {
+    offset: i64,
+    /// What this fetch asked of the partition.
+    max_bytes: u32,
+}
+
+/// Reads each partition once, sharing `max_bytes` among them in order, and says where
+/// each one that returned data goes on. A partition's read-ahead (`ahead`: the
+/// `max_bytes` it was read with, and the result) stands in for its read where it is an
+/// answer to it. `read` reads one log; when it answers `None` for any partition, so does
+/// this.
 fn read_partitions(
     specs: &[FetchPartitionSpec],
     parts: &[Option<Arc<Partition>>],
+    ahead: &[Option<(u32, ReadResult)>],
     max_bytes: u32,
     read: impl Fn(&Log, i64, u32, i64) -> Option<Result<ReadResult, StorageError>>,
-) -> Option<Vec<FetchedPartition>> {
+) -> Option<(Vec<FetchedPartition>, Vec<Option<NextRead>>)> {
     let mut left = max_bytes;
     let mut first_data = true;
-    specs
+    let mut next = Vec::with_capacity(specs.len());
+    let results = specs
         .iter()
         .zip(parts)
-        .map(|(s, p)| {
+        .zip(ahead)
+        .map(|((s, p), ahead)| {
+            next.push(None);
             let mut out = FetchedPartition {
                 topic: s.topic.clone(),
                 partition: s.partition,
@@ -1108,7 +1185,18 @@ fn read_partitions(
                 return Some(out);
             }
             let want = s.max_bytes.min(left).max(1);
-            match read(&p.log, s.offset, want, hw)? {
+            // A read-ahead answers if a read of `want` could have returned it, and its
+            // records are still retained (retention may have moved past them since).
+            let answer = match ahead {
+                Some((m, r))
+                    if (*m <= want || r.bytes.len() <= want as usize)
+                        && s.offset >= out.log_start_offset =>
+                {
+                    Ok(r.clone())
+                }
+                _ => read(&p.log, s.offset, want, hw)?,
+            };
+            match answer {
                 Ok(r) => {
                     let n = r.bytes.len();
                     // Only the first partition with data may exceed the budget (by one
@@ -1118,6 +1206,12 @@ fn read_partitions(
                     }
                     if n > 0 {
                         first_data = false;
+                        if let Some(slot) = next.last_mut() {
+                            *slot = Some(NextRead {
+                                offset: r.next_offset,
+                                max_bytes: want,
+                            });
+                        }
                     }
                     left = left.saturating_sub(n as u32);
                     out.records = r.bytes;
@@ -1126,5 +1220,6 @@ fn read_partitions(
             }
             Some(out)
         })
-        .collect()
+        .collect::<Option<Vec<_>>>()?;
+    Some((results, next))
 }

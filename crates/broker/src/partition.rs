@@ -6,6 +6,7 @@ use tokio::sync::watch;
 use weir_storage::{FsyncPolicy, Log};
 
 use crate::idempotence::ProducerStates;
+use crate::read_ahead::ReadAheadSlot;
 
 /// A partition of a topic, shared by produce, fetch and background tasks.
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub(crate) struct Partition {
     /// Idempotent producers' sequence state (see `idempotence`); locked around the
     /// check-then-append of batches that carry a producer id, before the log's own lock.
     pub(crate) producers: parking_lot::Mutex<ProducerStates>,
+    /// The next read of a consumer reading a backlog, started early (`read_ahead`).
+    pub(crate) read_ahead: ReadAheadSlot,
 }
 
 impl Partition {
@@ -35,6 +38,7 @@ impl Partition {
             leader_epoch: 0,
             hw_tx,
             producers,
+            read_ahead: ReadAheadSlot::default(),
         }
     }
 
