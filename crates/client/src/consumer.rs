@@ -25,7 +25,7 @@ use crate::client::Client;
 use crate::config::{AutoOffsetReset, ConsumerConfig};
 use crate::conn::{Exchange, unexpected};
 use crate::error::{ClientError, Result, check};
-use crate::record::ConsumerRecord;
+use crate::record::{ConsumerRecord, Topic};
 
 /// Where [`Consumer::seek`] moves a partition's position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +72,7 @@ struct PartState {
 /// One fetched record batch not yet fully handed out.
 #[derive(Debug)]
 struct Buffered {
-    topic: String,
+    topic: Topic,
     partition: u32,
     /// Offset of the batch's last record.
     last_offset: i64,
@@ -328,7 +328,7 @@ impl Consumer {
             let Some(front) = self.buffer.front() else {
                 break;
             };
-            let key = (front.topic.clone(), front.partition);
+            let key = (front.topic.to_string(), front.partition);
             let Some(state) = self.parts.get_mut(&key) else {
                 self.buffer.pop_front();
                 continue;
@@ -474,7 +474,8 @@ impl Consumer {
                 first_error.get_or_insert(ClientError::server(&status));
                 continue;
             }
-            let next = split_batches(&key.0, key.1, offset, &pr.records, &mut self.buffer)?;
+            let topic = Topic::from(key.0.as_str());
+            let next = split_batches(&topic, key.1, offset, &pr.records, &mut self.buffer)?;
             if let Some(s) = self.parts.get_mut(&key) {
                 s.fetch_offset = Some(next);
                 s.position = offset;
@@ -490,7 +491,7 @@ impl Consumer {
 /// Queues the whole batches in `data` that hold records at or after `offset` (checking
 /// their CRC); returns the next offset to fetch.
 fn split_batches(
-    topic: &str,
+    topic: &Topic,
     partition: u32,
     offset: i64,
     data: &Bytes,
@@ -511,7 +512,7 @@ fn split_batches(
             // Validates the CRC and refuses compressed batches now, not when handed out.
             records(batch).map_err(bad)?;
             out.push_back(Buffered {
-                topic: topic.to_owned(),
+                topic: topic.clone(),
                 partition,
                 last_offset: last,
                 batch: data.slice_ref(batch),
@@ -615,7 +616,7 @@ mod tests {
         data.extend_from_slice(&batch(14, &["e"])[..30]); // partial trailing batch
         let data = data.freeze();
         let mut buf = VecDeque::new();
-        let next = split_batches("t", 0, 11, &data, &mut buf).unwrap();
+        let next = split_batches(&Topic::from("t"), 0, 11, &data, &mut buf).unwrap();
         assert_eq!(next, 14);
         assert_eq!(buf.len(), 2);
         let got: Vec<_> = take_all(&buf, 11, 100)
@@ -645,10 +646,10 @@ mod tests {
     fn a_batch_larger_than_the_fetch_is_an_error_not_a_stall() {
         let data = batch(0, &["0123456789"]).freeze();
         let mut out = VecDeque::new();
-        let err = split_batches("t", 0, 0, &data.slice(..40), &mut out).unwrap_err();
+        let err = split_batches(&Topic::from("t"), 0, 0, &data.slice(..40), &mut out).unwrap_err();
         assert!(matches!(err, ClientError::InvalidArgument(_)), "{err}");
         assert_eq!(
-            split_batches("t", 0, 5, &Bytes::new(), &mut out).unwrap(),
+            split_batches(&Topic::from("t"), 0, 5, &Bytes::new(), &mut out).unwrap(),
             5
         );
     }
@@ -659,7 +660,7 @@ mod tests {
         let n = data.len();
         data[n - 1] ^= 0xff;
         let mut out = VecDeque::new();
-        let err = split_batches("t", 0, 0, &data.freeze(), &mut out).unwrap_err();
+        let err = split_batches(&Topic::from("t"), 0, 0, &data.freeze(), &mut out).unwrap_err();
         assert!(matches!(err, ClientError::Protocol(_)), "{err}");
     }
 }

@@ -206,8 +206,9 @@ pub struct RecordMetadata {
 /// A record read by a [`Consumer`](crate::Consumer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
-    /// Topic.
-    pub topic: String,
+    /// Topic; the records of one fetch share one name (a [`Topic`] clone is a reference
+    /// count, not a copy).
+    pub topic: Topic,
     /// Partition.
     pub partition: u32,
     /// Offset in the partition.

@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use weir_client::ConsumerRecord;
+use weir_client::{ConsumerRecord, Topic};
 use weir_record::{BatchBuilder, BatchIter};
 
 use super::Acked;
@@ -401,7 +401,7 @@ fn fail_all(acked: &Acked, sent: &[Instant], error: &str) {
 /// next fetch is sent as soon as a response arrives, before its records are decoded.
 #[derive(Debug)]
 pub struct KafkaConsumer {
-    topic: String,
+    topic: Topic,
     topic_name: TopicName,
     rd: OwnedReadHalf,
     wr: OwnedWriteHalf,
@@ -428,7 +428,7 @@ impl KafkaConsumer {
         stream.set_nodelay(true)?;
         let (rd, wr) = stream.into_split();
         Ok(Self {
-            topic: topic.to_owned(),
+            topic: Topic::from(topic),
             topic_name: TopicName(StrBytes::from_string(topic.to_owned())),
             rd,
             wr,
