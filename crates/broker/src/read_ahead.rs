@@ -6,6 +6,9 @@
 //! written to the socket and handed out by the client; the next fetch from that offset
 //! takes the result (waiting for it if it is still being read) instead of reading then.
 //! The read, its checksums and the client's work then overlap instead of taking turns.
+//! It reads only below the high watermark, which no truncation ever goes under, so what
+//! it holds stays the log's content; whether retention has deleted it since is checked
+//! when it is taken.
 //!
 //! Bounded: one read-ahead per partition, only for reads of [`READ_AHEAD_BYTES_MIN`] to
 //! [`READ_AHEAD_BYTES_MAX`], all of them together within [`READ_AHEAD_BUDGET_BYTES`].
