@@ -46,7 +46,7 @@ use weir_storage::{
 use metadata::{MetadataCommand, MetadataError, MetadataStore, TopicMeta};
 use partition::Partition;
 use read_ahead::{
-    READ_AHEAD_BUDGET_BYTES, READ_AHEAD_BYTES_MAX, READ_AHEAD_BYTES_MIN, ReadAheadBudget, Start,
+    READ_AHEAD_BUDGET_BYTES, READ_AHEAD_BYTES_MAX, READ_AHEAD_BYTES_MIN, ReadAheadBudget,
 };
 pub use weir_storage::AppendInfo;
 
@@ -748,15 +748,21 @@ impl Broker {
             .collect();
         let parts: Vec<_> = resolved.iter().map(|r| r.as_ref().ok().cloned()).collect();
         // Reads made ahead for this fetch (`read_ahead`), waited for if still under way.
-        let claims = parts.iter().zip(&spec.partitions).map(|(p, s)| {
-            let claimed = p.as_ref().and_then(|p| p.read_ahead.claim(s.offset));
-            async move {
-                let c = claimed?;
+        let claimed: Vec<_> = parts
+            .iter()
+            .zip(&spec.partitions)
+            .map(|(p, s)| p.as_ref().and_then(|p| p.read_ahead.claim(s.offset)))
+            .collect();
+        let ahead: Vec<_> = if claimed.iter().all(Option::is_none) {
+            claimed.iter().map(|_| None).collect()
+        } else {
+            futures::future::join_all(claimed.into_iter().map(|c| async move {
+                let c = c?;
                 let max_bytes = c.max_bytes;
                 c.result().await.map(|r| (max_bytes, r))
-            }
-        });
-        let ahead: Vec<_> = futures::future::join_all(claims).await;
+            }))
+            .await
+        };
         loop {
             for r in &mut receivers {
                 r.borrow_and_update();
@@ -838,9 +844,10 @@ impl Broker {
                 p.read_ahead
                     .start(&p.log, next.offset, next.max_bytes, upper, budget)
             };
-            if start() == Start::OverBudget && budget.sweep_due() {
+            if start().is_err() && budget.sweep_due() {
                 self.sweep_read_aheads();
-                start();
+                // Spent by live read-aheads after all: this partition reads as before.
+                let _ = start();
             }
         }
     }
@@ -1162,13 +1169,11 @@ fn read_partitions(
 ) -> Option<(Vec<FetchedPartition>, Vec<Option<NextRead>>)> {
     let mut left = max_bytes;
     let mut first_data = true;
-    let mut next = Vec::with_capacity(specs.len());
-    let results = specs
+    let read: Vec<_> = specs
         .iter()
         .zip(parts)
         .zip(ahead)
         .map(|((s, p), ahead)| {
-            next.push(None);
             let mut out = FetchedPartition {
                 topic: s.topic.clone(),
                 partition: s.partition,
@@ -1177,12 +1182,14 @@ fn read_partitions(
                 log_start_offset: -1,
                 records: Bytes::new(),
             };
-            let Some(p) = p else { return Some(out) };
+            let Some(p) = p else {
+                return Some((out, None));
+            };
             let hw = p.log.high_watermark();
             out.high_watermark = hw;
             out.log_start_offset = p.log.log_start_offset();
             if left == 0 && !first_data {
-                return Some(out);
+                return Some((out, None));
             }
             let want = s.max_bytes.min(left).max(1);
             // A read-ahead answers if a read of `want` could have returned it, and its
@@ -1202,24 +1209,23 @@ fn read_partitions(
                     // Only the first partition with data may exceed the budget (by one
                     // batch), so that an oversized batch cannot stall a consumer.
                     if n as u64 > u64::from(left) && !first_data {
-                        return Some(out);
-                    }
-                    if n > 0 {
-                        first_data = false;
-                        if let Some(slot) = next.last_mut() {
-                            *slot = Some(NextRead {
-                                offset: r.next_offset,
-                                max_bytes: want,
-                            });
-                        }
+                        return Some((out, None));
                     }
                     left = left.saturating_sub(n as u32);
                     out.records = r.bytes;
+                    if n > 0 {
+                        first_data = false;
+                        let next = NextRead {
+                            offset: r.next_offset,
+                            max_bytes: want,
+                        };
+                        return Some((out, Some(next)));
+                    }
                 }
                 Err(e) => out.error = Some(storage_err(&s.topic, s.partition, e)),
             }
-            Some(out)
+            Some((out, None))
         })
-        .collect::<Option<Vec<_>>>()?;
-    Some((results, next))
+        .collect::<Option<_>>()?;
+    Some(read.into_iter().unzip())
 }

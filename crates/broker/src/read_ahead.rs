@@ -49,7 +49,7 @@ struct Ahead {
     max_bytes: u32,
     started: Instant,
     read: Pending,
-    /// Held as long as the result may be held.
+    /// Held while the read-ahead waits here to be claimed.
     budget: OwnedSemaphorePermit,
 }
 
@@ -99,7 +99,7 @@ impl ReadAheadSlot {
 
     /// Starts reading `max_bytes` at `offset` (below `upper`) of `log` on the blocking
     /// pool, unless a read-ahead is here already (the same one, or another that is still
-    /// fresh), or the budget is spent.
+    /// fresh). `Err` if the broker's read-ahead memory is all held.
     pub(crate) fn start(
         &self,
         log: &Arc<Log>,
@@ -107,16 +107,14 @@ impl ReadAheadSlot {
         max_bytes: u32,
         upper: i64,
         budget: &ReadAheadBudget,
-    ) -> Start {
+    ) -> Result<(), OverBudget> {
         let mut slot = self.0.lock();
         if let Some(a) = slot.as_ref()
             && (a.offset == offset || a.started.elapsed() < READ_AHEAD_STALE)
         {
-            return Start::Skipped;
+            return Ok(());
         }
-        let Some(permit) = budget.reserve(max_bytes) else {
-            return Start::OverBudget;
-        };
+        let permit = budget.reserve(max_bytes).ok_or(OverBudget)?;
         let log = log.clone();
         let read = tokio::task::spawn_blocking(move || {
             // A first batch larger than asked for would hold more than was reserved.
@@ -131,7 +129,7 @@ impl ReadAheadSlot {
             read: async move { read.await.ok().flatten() }.boxed().shared(),
             budget: permit,
         });
-        Start::Reading
+        Ok(())
     }
 
     /// Waits until the read-ahead here, if any, is read.
@@ -155,16 +153,9 @@ impl ReadAheadSlot {
     }
 }
 
-/// What [`ReadAheadSlot::start`] did.
+/// The broker's read-ahead memory is all held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Start {
-    /// A read is under way.
-    Reading,
-    /// A read-ahead was already there.
-    Skipped,
-    /// The broker's read-ahead memory is all held.
-    OverBudget,
-}
+pub(crate) struct OverBudget;
 
 /// The memory all read-aheads share, and when stale ones were last swept.
 #[derive(Debug)]
