@@ -20,6 +20,8 @@ pub struct Embedded {
     pub addr: SocketAddr,
     /// Its Kafka listener.
     pub kafka_addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Removed when dropped (unless the user chose the directory).
@@ -42,7 +44,7 @@ impl Embedded {
             }
         };
         let config = weir_server::Config {
-            data_dir: path,
+            data_dir: path.clone(),
             native_addr: "127.0.0.1:0".into(),
             kafka_addr: "127.0.0.1:0".into(),
             log_level: "warn".into(),
@@ -97,6 +99,7 @@ impl Embedded {
         Ok(Embedded {
             addr,
             kafka_addr,
+            data_dir: path,
             stop: Some(stop_tx),
             thread: Some(thread),
             _dir: dir,

@@ -15,6 +15,7 @@
 //! described through the native admin API.
 
 mod embedded;
+mod floor;
 mod kafka;
 mod payload;
 mod report;
@@ -204,6 +205,13 @@ pub struct BenchArgs {
     /// Pid of a broker running as its own process, to report its CPU and memory.
     #[arg(long, value_name = "PID", conflicts_with = "embedded")]
     pub server_pid: Option<u32>,
+    /// Before the run, measure what the disk alone allows a durable acknowledgement at
+    /// this rate and message size: the same messages appended to a file in DIR and
+    /// fdatasynced, perfect group commit, no network and no broker (reported as `disk
+    /// floor`). DIR defaults to the embedded broker's data directory; it must be on the
+    /// broker's disk. Needs a rate: the latency scenario, or --rate.
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    pub disk_floor: Option<Option<PathBuf>>,
     /// Print the report as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -335,10 +343,57 @@ async fn measure(addr: &str, timeout_ms: u32, args: BenchArgs) -> Result<Report>
             "the group scenario runs weir-client group members: use --protocol native",
         ));
     }
+    let floor_rate = match (&args.disk_floor, settings.rate) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(user_error(
+                Exit::Usage,
+                "--disk-floor needs a rate: the latency scenario, or --rate",
+            ));
+        }
+        (Some(None), Some(_)) if !args.embedded => {
+            return Err(user_error(
+                Exit::Usage,
+                "--disk-floor needs a directory on the broker's disk without --embedded",
+            ));
+        }
+        (Some(_), Some(rate)) => Some(rate),
+    };
     let embedded = if args.embedded {
         Some(embedded::Embedded::start(args.data_dir.clone()).await?)
     } else {
         None
+    };
+    let disk_floor = match floor_rate {
+        Some(rate) => {
+            let dir = match (&args.disk_floor, &embedded) {
+                (Some(Some(d)), _) => d.clone(),
+                (_, Some(e)) => e.data_dir.clone(),
+                _ => unreachable!("checked above"),
+            };
+            let messages = settings.messages.unwrap_or_else(|| {
+                rate.saturating_mul(u64::from(settings.duration_s.unwrap_or(DURATION_S_DEFAULT)))
+            });
+            if !args.no_progress {
+                eprintln!("measuring the disk floor: {messages} messages at {rate}/s");
+            }
+            let size = settings.message_size;
+            let floor = tokio::task::spawn_blocking(move || {
+                floor::measure(&dir, rate, messages, size)
+                    .with_context(|| format!("disk floor in {}", dir.display()))
+            })
+            .await?;
+            match floor {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    if let Some(e) = embedded {
+                        e.stop().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
     };
     let target = embedded
         .as_ref()
@@ -363,7 +418,9 @@ async fn measure(addr: &str, timeout_ms: u32, args: BenchArgs) -> Result<Report>
     if let Some(e) = embedded {
         e.stop().await;
     }
-    outcome
+    let mut report = outcome?;
+    report.disk_floor = disk_floor;
+    Ok(report)
 }
 
 /// A random id for this run (the topic name and the stamps carry it).
@@ -626,6 +683,7 @@ impl Bench {
             consume,
             ack_latency: ack,
             e2e_latency: e2e,
+            disk_floor: None,
             verification,
             resources,
             notes,
@@ -1548,6 +1606,21 @@ mod tests {
         assert!(T::try_parse_from(["t", "produce", "--message-size", "31"]).is_err());
     }
 
+    #[tokio::test]
+    async fn disk_floor_needs_a_rate_and_a_directory() {
+        let e = measure("unused:0", 1_000, args(&["produce", "--disk-floor"]))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("needs a rate"), "{e}");
+        let e = measure("unused:0", 1_000, args(&["latency", "--disk-floor"]))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("needs a directory"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let a = args(&["latency", "--disk-floor", dir.path().to_str().unwrap()]);
+        assert_eq!(a.disk_floor, Some(Some(dir.path().to_path_buf())));
+    }
+
     #[test]
     fn verification_reports_missing_and_duplicates() {
         let mut w = PayloadWriter::new(9, 0, 32);
@@ -1577,7 +1650,7 @@ mod tests {
             "consume --messages 3000 --partitions 3 --consumers 2",
             "pubsub --messages 4000 --producers 2 --partitions 2 --inflight 4 --fsync never",
             "pubsub --messages 2000 --acks none --fsync interval",
-            "latency --duration-s 1 --rate 500",
+            "latency --duration-s 1 --rate 500 --disk-floor",
             "group --messages 2000 --consumers 2 --partitions 2",
             "idle --duration-s 1",
             // The Kafka listener, through Kafka-protocol producers and consumers.
@@ -1600,7 +1673,14 @@ mod tests {
             match a[0] {
                 "produce" => assert_eq!(report.produce.unwrap().total.messages, 3000),
                 "consume" => assert_eq!(report.consume.unwrap().total.messages, 3000),
-                "latency" => assert!(report.e2e_latency.is_some()),
+                "latency" => {
+                    assert!(report.e2e_latency.is_some());
+                    if line.contains("--disk-floor") {
+                        let floor = report.disk_floor.as_ref().expect("measured");
+                        assert_eq!(floor.messages.count, 500, "{line:?}");
+                        assert!(json["disk_floor"]["fdatasync"]["p99_us"].is_number());
+                    }
+                }
                 "idle" => assert_eq!(report.consume.unwrap().total.messages, 0),
                 _ => assert!(report.verification.is_some()),
             }

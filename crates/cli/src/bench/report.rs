@@ -7,6 +7,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::floor::DiskFloor;
 use super::payload::Counts;
 
 /// Highest latency a histogram records (one hour, in ns); above it values are clamped.
@@ -141,6 +142,8 @@ pub struct Report {
     pub ack_latency: Option<Latency>,
     /// Send → read by a consumer, per message (send time carried in the message).
     pub e2e_latency: Option<Latency>,
+    /// What the disk alone allowed at the same rate (`--disk-floor`).
+    pub disk_floor: Option<DiskFloor>,
     pub verification: Option<Verification>,
     pub resources: Resources,
     pub notes: Vec<String>,
@@ -239,6 +242,24 @@ impl Report {
         if let Some(l) = &self.e2e_latency {
             latency_line(&mut out, "e2e latency", l);
         }
+        if let Some(f) = &self.disk_floor {
+            latency_line(&mut out, "disk floor", &f.messages);
+            latency_line(&mut out, "  fdatasync", &f.fdatasync);
+            // The broker's share: how far above what the disk alone allows it is.
+            if let Some(l) = self.e2e_latency.as_ref().or(self.ack_latency.as_ref()) {
+                let _ = writeln!(
+                    out,
+                    "{:<14} p50 {:>8.2}×  p99 {:>8.2}×  of the disk floor",
+                    if self.e2e_latency.is_some() {
+                        "e2e"
+                    } else {
+                        "ack"
+                    },
+                    l.p50_us / f.messages.p50_us,
+                    l.p99_us / f.messages.p99_us,
+                );
+            }
+        }
         if let Some(v) = &self.verification {
             let _ = writeln!(
                 out,
@@ -313,6 +334,7 @@ mod tests {
             consume: None,
             ack_latency: None,
             e2e_latency: None,
+            disk_floor: None,
             verification: None,
             resources: Resources::default(),
             notes: vec!["n".into()],
