@@ -2,11 +2,12 @@
 //! rate, measured in the same run as the broker so both figures come from one window of
 //! a machine whose disk changes by the hour.
 //!
-//! Messages of the bench's size fall due at its rate. One thread, with nothing else to
-//! do, appends every message that is due to a new file and fdatasyncs it, again and
-//! again (perfect group commit: a message that falls due during an fdatasync goes into
-//! the next one). A message's figure is the time from falling due to the end of the
-//! first fdatasync that began after it. There is no network, no encoding and no broker,
+//! Messages of the bench's size fall due at its rate and are released in the steps the
+//! bench's producers send them in (`step`: all that fell due during a step leave at its
+//! end). One thread, with nothing else to do, appends every message released to a new
+//! file and fdatasyncs it, again and again (perfect group commit: a message released
+//! during an fdatasync goes into the next one). A message's figure is the time from its
+//! release to the end of the first fdatasync that began after it. There is no network, no encoding and no broker,
 //! so a broker with fsync `always` cannot acknowledge a typical message sooner at that
 //! rate: the gap between the two medians is the broker's own. The tails compare less
 //! well: the disk's slow fdatasyncs come in bursts, and the floor and the broker run one
@@ -40,16 +41,32 @@ pub struct DiskFloor {
     pub fdatasync: Latency,
 }
 
-/// Runs the floor for `messages` messages of `message_bytes` at `rate` per second, in a
-/// new file under `dir` (removed at the end). Blocking.
-pub fn measure(dir: &Path, rate: u64, messages: u64, message_bytes: u32) -> io::Result<DiskFloor> {
+/// What the floor runs: `messages` messages of `message_bytes` at `rate` per second,
+/// released every `step` (at least 1 ns).
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub rate: u64,
+    pub messages: u64,
+    pub message_bytes: u32,
+    pub step: Duration,
+}
+
+/// Runs the floor in a new file under `dir` (removed at the end). Blocking.
+pub fn measure(dir: &Path, pace: Pace) -> io::Result<DiskFloor> {
+    let Pace {
+        rate,
+        messages,
+        message_bytes,
+        step,
+    } = pace;
     let total = messages.saturating_mul(u64::from(message_bytes));
-    if rate == 0 || messages == 0 || total > FLOOR_BYTES_MAX {
+    if rate == 0 || messages == 0 || total > FLOOR_BYTES_MAX || step.is_zero() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "the disk floor writes {total} bytes ({messages} messages of {message_bytes}); \
-                 it takes 1 to {FLOOR_BYTES_MAX} bytes at a rate above 0"
+                "the disk floor writes {total} bytes ({messages} messages of {message_bytes}) \
+                 in steps of {step:?}; it takes 1 to {FLOOR_BYTES_MAX} bytes at a rate above 0 \
+                 in steps above 0"
             ),
         ));
     }
@@ -59,7 +76,7 @@ pub fn measure(dir: &Path, rate: u64, messages: u64, message_bytes: u32) -> io::
         .create_new(true)
         .open(&path)?;
     let _remove = RemoveOnDrop(path);
-    run(&file, rate, messages, message_bytes)
+    run(&file, pace)
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -70,9 +87,25 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn run(file: &File, rate: u64, messages: u64, message_bytes: u32) -> io::Result<DiskFloor> {
-    let interval_ns = 1_000_000_000 / rate.max(1);
-    let due_at = |i: u64| Duration::from_nanos(i.saturating_mul(interval_ns));
+fn run(file: &File, pace: Pace) -> io::Result<DiskFloor> {
+    let Pace {
+        rate,
+        messages,
+        message_bytes,
+        step,
+    } = pace;
+    let interval_ns = u128::from((1_000_000_000 / rate.max(1)).max(1));
+    let step_ns = step.as_nanos().max(1);
+    // Message `i` falls due at i × interval and leaves at the end of that step.
+    let released_at = |i: u64| {
+        let due = u128::from(i) * interval_ns;
+        nanos(due.div_ceil(step_ns) * step_ns)
+    };
+    // How many messages have left by `t`: those due by the last step edge.
+    let released_by = |t: Duration| {
+        let edge = t.as_nanos() / step_ns * step_ns;
+        u64::try_from(edge / interval_ns + 1).map_or(messages, |n| n.min(messages))
+    };
     let mut buf: Vec<u8> = Vec::new();
     let mut by_message = histogram();
     let mut by_sync = histogram();
@@ -81,9 +114,9 @@ fn run(file: &File, rate: u64, messages: u64, message_bytes: u32) -> io::Result<
     let mut pos = 0u64;
     while written < messages {
         let now = start.elapsed();
-        let due = (now.as_nanos() / u128::from(interval_ns) + 1).min(u128::from(messages)) as u64;
+        let due = released_by(now);
         if due <= written {
-            let wait = due_at(written).saturating_sub(now);
+            let wait = released_at(written).saturating_sub(now);
             if wait > SPIN_BEFORE {
                 std::thread::sleep(wait - SPIN_BEFORE);
             } else {
@@ -100,7 +133,7 @@ fn run(file: &File, rate: u64, messages: u64, message_bytes: u32) -> io::Result<
         record(&mut by_sync, ended - began);
         let done = ended - start;
         for i in written..due {
-            record(&mut by_message, done.saturating_sub(due_at(i)));
+            record(&mut by_message, done.saturating_sub(released_at(i)));
         }
         pos += bytes as u64;
         written = due;
@@ -111,6 +144,10 @@ fn run(file: &File, rate: u64, messages: u64, message_bytes: u32) -> io::Result<
     })
 }
 
+fn nanos(n: u128) -> Duration {
+    Duration::from_nanos(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
 fn record(h: &mut Histogram<u64>, d: Duration) {
     h.saturating_record(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1));
 }
@@ -119,10 +156,19 @@ fn record(h: &mut Histogram<u64>, d: Duration) {
 mod tests {
     use super::*;
 
+    fn pace(rate: u64, messages: u64, message_bytes: u32, step_us: u64) -> Pace {
+        Pace {
+            rate,
+            messages,
+            message_bytes,
+            step: Duration::from_micros(step_us),
+        }
+    }
+
     #[test]
     fn every_message_is_counted_and_the_file_is_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let f = measure(dir.path(), 2_000, 200, 100).unwrap();
+        let f = measure(dir.path(), pace(2_000, 200, 100, 1)).unwrap();
         assert_eq!(f.messages.count, 200);
         assert!(f.fdatasync.count >= 1 && f.fdatasync.count <= 200, "{f:?}");
         // A message cannot be durable before one fdatasync has run.
@@ -131,11 +177,22 @@ mod tests {
     }
 
     #[test]
+    fn messages_of_one_step_leave_together() {
+        // 20,000/s in 5 ms steps: messages leave at 21 instants over 100 ms (100 at
+        // each but the first), and an fdatasync starts only after a new one.
+        let dir = tempfile::tempdir().unwrap();
+        let f = measure(dir.path(), pace(20_000, 2_001, 100, 5_000)).unwrap();
+        assert_eq!(f.messages.count, 2_001);
+        assert!(f.fdatasync.count <= 21, "{f:?}");
+    }
+
+    #[test]
     fn refuses_more_than_its_byte_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let e = measure(dir.path(), 5_000, FLOOR_BYTES_MAX, 2).unwrap_err();
+        let e = measure(dir.path(), pace(5_000, FLOOR_BYTES_MAX, 2, 1)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
-        assert!(measure(dir.path(), 0, 10, 100).is_err());
+        assert!(measure(dir.path(), pace(0, 10, 100, 1)).is_err());
+        assert!(measure(dir.path(), pace(10, 10, 100, 0)).is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

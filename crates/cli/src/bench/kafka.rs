@@ -128,6 +128,9 @@ pub struct ProducerSettings {
     pub compression: Compression,
     /// Produce requests outstanding on the connection.
     pub inflight: u32,
+    /// Under a rate limit: the producer waits ([`KafkaProducer::idle_until`]) between
+    /// the messages it sends together, and a lingered batch goes out then.
+    pub paced: bool,
 }
 
 /// A batch being filled.
@@ -252,13 +255,17 @@ impl KafkaProducer {
         if full {
             let permit = self.inflight.clone().acquire_owned().await?;
             self.flush(permit).await?;
-        } else if sent >= b.deadline
+        } else if !self.s.paced
+            && sent >= b.deadline
             && let Ok(permit) = self.inflight.clone().try_acquire_owned()
         {
             // Lingered long enough and the connection has room: like Kafka's sender, a
             // batch waits for a free slot only by growing.
             self.flush(permit).await?;
         }
+        // A paced producer sends when it next waits instead: the messages that fell due
+        // together go in one batch, as a Kafka client's sender thread, woken by the first
+        // of them, finds the rest appended by the time it runs.
         Ok(())
     }
 
@@ -279,8 +286,12 @@ impl KafkaProducer {
             if deadline > Instant::now() {
                 tokio::time::sleep_until(deadline.into()).await;
             }
-            let permit = self.inflight.clone().acquire_owned().await?;
-            self.flush(permit).await?;
+            // Waiting for a free request slot never holds back the next message: it is
+            // stamped when it falls due and joins the open batch, which grows meanwhile.
+            tokio::select! {
+                permit = self.inflight.clone().acquire_owned() => self.flush(permit?).await?,
+                () = tokio::time::sleep_until(due.into()) => return Ok(()),
+            }
         }
     }
 

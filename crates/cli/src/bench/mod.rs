@@ -51,6 +51,10 @@ const MESSAGE_BYTES_MAX: u32 = 8 * 1024 * 1024;
 const MESSAGES_DEFAULT: u64 = 1_000_000;
 /// Run time of the latency and idle scenarios when neither is given.
 const DURATION_S_DEFAULT: u32 = 10;
+/// A producer under a rate limit sleeps on tokio's timer, whose resolution is 1 ms: the
+/// messages that fell due during a millisecond leave together at its end, each stamped
+/// then. The disk floor releases its messages in the same steps.
+const PACE_STEP: Duration = Duration::from_millis(1);
 /// Rate of the latency scenario when `--rate` is not given (messages/s).
 const LATENCY_RATE_DEFAULT: u64 = 5_000;
 /// Longest a poll waits before the consumer checks whether it is done.
@@ -379,7 +383,13 @@ async fn measure(addr: &str, timeout_ms: u32, args: BenchArgs) -> Result<Report>
             }
             let size = settings.message_size;
             let floor = tokio::task::spawn_blocking(move || {
-                floor::measure(&dir, rate, messages, size)
+                let pace = floor::Pace {
+                    rate,
+                    messages,
+                    message_bytes: size,
+                    step: PACE_STEP,
+                };
+                floor::measure(&dir, pace)
                     .with_context(|| format!("disk floor in {}", dir.display()))
             })
             .await?;
@@ -1015,6 +1025,7 @@ impl Bench {
                     linger: Duration::from_millis(s.linger_ms.into()),
                     compression: kafka::compression(s.compression),
                     inflight: s.inflight,
+                    paced: s.rate.is_some(),
                 };
                 Sink::Kafka(Box::new(
                     kafka::KafkaProducer::connect(addr, settings, acked.clone()).await?,
