@@ -53,20 +53,13 @@ pub struct Pace {
 
 /// Runs the floor in a new file under `dir` (removed at the end). Blocking.
 pub fn measure(dir: &Path, pace: Pace) -> io::Result<DiskFloor> {
-    let Pace {
-        rate,
-        messages,
-        message_bytes,
-        step,
-    } = pace;
-    let total = messages.saturating_mul(u64::from(message_bytes));
-    if rate == 0 || messages == 0 || total > FLOOR_BYTES_MAX || step.is_zero() {
+    let total = pace.messages.saturating_mul(u64::from(pace.message_bytes));
+    if pace.rate == 0 || pace.messages == 0 || total > FLOOR_BYTES_MAX || pace.step.is_zero() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "the disk floor writes {total} bytes ({messages} messages of {message_bytes}) \
-                 in steps of {step:?}; it takes 1 to {FLOOR_BYTES_MAX} bytes at a rate above 0 \
-                 in steps above 0"
+                "the disk floor writes {total} bytes ({pace:?}); it takes 1 to \
+                 {FLOOR_BYTES_MAX} bytes at a rate above 0 in steps above 0"
             ),
         ));
     }
