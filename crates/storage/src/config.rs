@@ -60,6 +60,12 @@ pub const READ_CHUNK_BYTES_MIN: u32 = 64 * KIB as u32;
 /// takes long enough (about half a millisecond per 2 MiB) to belong on a thread that may
 /// block.
 pub const CACHED_READ_BYTES_MAX: u32 = 2 * MIB as u32;
+/// Space reserved ahead of the appends of an fsync `always` log's active segment, so that
+/// most appends land inside the file instead of growing it. An `fdatasync` after a write
+/// that grew the file must also commit the new length to the file system's journal; one
+/// after a write into reserved space need not, and on ext4 takes about a third less time.
+/// Sealed segments and a cleanly closed active one are cut back to their data.
+pub const PREALLOCATE_BYTES: u64 = MIB;
 /// Chunk size used when scanning a whole segment during recovery.
 pub const SCAN_CHUNK_BYTES: u32 = MIB as u32;
 

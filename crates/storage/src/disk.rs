@@ -48,6 +48,13 @@ pub trait DiskFile: Send + Sync + fmt::Debug {
     /// Truncates or extends the file to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
 
+    /// Reserves disk blocks for `len` bytes from `pos` and makes the file at least
+    /// `pos + len` bytes long, reading as zeros past what was written (`fallocate(2)` mode
+    /// 0). [`io::ErrorKind::Unsupported`] where the file system cannot.
+    fn allocate(&self, _pos: u64, _len: u64) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
 
@@ -218,6 +225,13 @@ impl DiskFile for FsFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
+    }
+
+    fn allocate(&self, pos: u64, len: u64) -> io::Result<()> {
+        match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), pos, len) {
+            Err(rustix::io::Errno::OPNOTSUPP) => Err(io::ErrorKind::Unsupported.into()),
+            r => Ok(r?),
+        }
     }
 
     fn len(&self) -> io::Result<u64> {

@@ -50,9 +50,12 @@
 //! if an fsync is running it waits for it (condition variable) and re-checks; otherwise it
 //! becomes the syncer, notes the log end and the active file under the lock, *releases the
 //! lock*, runs `fdatasync`, re-locks, publishes the new durable end and wakes everyone.
-//! Appends never wait for a running fsync, and one fsync covers every append before it. A
-//! failed fsync poisons the log for writes (the "fsyncgate" lesson: after a failed fsync
-//! the kernel may have dropped the dirty pages, so retrying would lie).
+//! Appends never wait for a running fsync, and one fsync covers every append before it.
+//! Under fsync `always` the active segment's file is kept [`PREALLOCATE_BYTES`] longer than
+//! its data (`fallocate`), so that an fsync seldom has to commit a new file length too; the
+//! reserved tail reads as zeros, and rolling, closing, dropping the log and recovery cut it
+//! off. A failed fsync poisons the log for writes (the "fsyncgate" lesson: after a failed
+//! fsync the kernel may have dropped the dirty pages, so retrying would lie).
 //!
 //! # Concurrency and lock order
 //!
@@ -101,10 +104,10 @@ pub use clock::{Clock, SystemClock, TestClock};
 pub use config::{
     BATCH_BYTES_DEFAULT, BATCH_BYTES_LIMIT, BATCH_BYTES_MIN, CACHED_READ_BYTES_MAX,
     FSYNC_INTERVAL_MS_LIMIT, FSYNC_INTERVAL_MS_MIN, FsyncPolicy, INDEX_INTERVAL_BYTES_DEFAULT,
-    INDEX_INTERVAL_BYTES_LIMIT, INDEX_INTERVAL_BYTES_MIN, LogConfig, READ_BYTES_LIMIT,
-    READ_CHUNK_BYTES_MIN, RETENTION_MS_DEFAULT, RETENTION_MS_LIMIT, RETENTION_MS_MIN,
-    SCAN_CHUNK_BYTES, SEGMENT_AGE_MS_DEFAULT, SEGMENT_AGE_MS_LIMIT, SEGMENT_AGE_MS_MIN,
-    SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_LIMIT, SEGMENT_BYTES_MIN,
+    INDEX_INTERVAL_BYTES_LIMIT, INDEX_INTERVAL_BYTES_MIN, LogConfig, PREALLOCATE_BYTES,
+    READ_BYTES_LIMIT, READ_CHUNK_BYTES_MIN, RETENTION_MS_DEFAULT, RETENTION_MS_LIMIT,
+    RETENTION_MS_MIN, SCAN_CHUNK_BYTES, SEGMENT_AGE_MS_DEFAULT, SEGMENT_AGE_MS_LIMIT,
+    SEGMENT_AGE_MS_MIN, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_LIMIT, SEGMENT_BYTES_MIN,
 };
 pub use disk::{Disk, DiskFile, FsDisk, OpenMode};
 pub use error::StorageError;

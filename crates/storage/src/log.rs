@@ -11,7 +11,9 @@ use weir_record::{
     set_partition_leader_epoch, validate_batch,
 };
 
-use crate::config::{FsyncPolicy, LogConfig, READ_BYTES_LIMIT, READ_CHUNK_BYTES_MIN};
+use crate::config::{
+    FsyncPolicy, LogConfig, PREALLOCATE_BYTES, READ_BYTES_LIMIT, READ_CHUNK_BYTES_MIN,
+};
 use crate::disk::{Disk, DiskFile, OpenMode};
 use crate::index::{OffsetEntry, SegmentIndex};
 use crate::marker::{CleanShutdown, write_clean_shutdown};
@@ -111,6 +113,9 @@ struct State {
     /// Unless fsync is `always`: the active segment's base offset, and the position up to
     /// which its writeback was started (see [`WRITEBACK_BYTES`]).
     writeback: (i64, u64),
+    /// Whether to reserve space ahead of appends ([`PREALLOCATE_BYTES`]): fsync `always`,
+    /// until the file system says it cannot.
+    preallocate: bool,
 }
 
 impl State {
@@ -213,6 +218,29 @@ pub struct Log {
     synced: Condvar,
 }
 
+impl Drop for Log {
+    /// A log dropped without [`Log::close`] gives back the space reserved ahead of its
+    /// appends; nothing is synced, so a crash may still leave it for recovery to cut.
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        if !st.closed
+            && let Err(e) = cut_reserved(st.active_mut())
+        {
+            tracing::debug!(dir = %self.dir.display(), error = %e, "giving back reserved space failed");
+        }
+    }
+}
+
+/// Cuts a segment's file back to its batches, giving back the space reserved ahead of
+/// appends, before it is sealed or closed.
+fn cut_reserved(seg: &mut Segment) -> Result<(), StorageError> {
+    if seg.file_bytes > seg.size_bytes {
+        seg.file.set_len(seg.size_bytes)?;
+        seg.file_bytes = seg.size_bytes;
+    }
+    Ok(())
+}
+
 fn poison(st: &mut State, cv: &Condvar, dir: &Path, what: &str, e: &std::io::Error) {
     warn!(dir = %dir.display(), error = %e, "{what} failed: log poisoned");
     st.poisoned = true;
@@ -232,6 +260,7 @@ impl Log {
         let mut report = RecoveryReport::default();
         let r = recover(&dir, &config, disk.as_ref(), clock.as_ref(), &mut report)?;
         let now = clock.now_ms();
+        let preallocate = config.fsync == FsyncPolicy::Always;
         let log = Log {
             dir,
             config,
@@ -249,6 +278,7 @@ impl Log {
                 roll_pending: None,
                 last_sync_ms: now,
                 writeback: (i64::MIN, 0),
+                preallocate,
             }),
             synced: Condvar::new(),
         };
@@ -374,10 +404,26 @@ impl Log {
                 .collect(),
         };
         let mut writeback = st.writeback;
+        let mut preallocate = st.preallocate;
         let seg = st.active_mut();
         let seg_pos = seg.size_bytes;
+        let seg_end = seg_pos + total;
+        if preallocate && seg_end > seg.file_bytes {
+            // Not past the segment's size limit, where the next roll would cut it anyway.
+            let limit = self.config.segment_bytes_max.max(seg_end);
+            let to = (seg_end + PREALLOCATE_BYTES).min(limit);
+            match seg.file.allocate(seg.file_bytes, to - seg.file_bytes) {
+                Ok(()) => seg.file_bytes = to,
+                // No reserved space is no loss: the write below grows the file itself.
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => preallocate = false,
+                Err(e) => {
+                    tracing::debug!(dir = %self.dir.display(), error = %e, "reserving segment space failed");
+                }
+            }
+        }
         if let Err(e) = seg.file.write_all_vectored_at(&parts, seg_pos) {
             // A partial write may have extended the file: cut it back to whole batches.
+            seg.file_bytes = seg_pos;
             if let Err(e2) = seg.file.set_len(seg_pos) {
                 poison(
                     &mut st,
@@ -388,8 +434,10 @@ impl Log {
                 );
                 return Err(StorageError::Fatal(e));
             }
+            st.preallocate = preallocate;
             return Err(e.into());
         }
+        seg.file_bytes = seg.file_bytes.max(seg_end);
         let mut at_offset = base_offset;
         for (at, size, h) in &spans {
             // The roll check guarantees every offset is within u32 of the segment base,
@@ -418,6 +466,7 @@ impl Log {
             }
         }
         st.writeback = writeback;
+        st.preallocate = preallocate;
         st.log_end = next;
         if let FsyncPolicy::IntervalMs(ms) = self.config.fsync {
             let due = now.saturating_sub(st.last_sync_ms) >= ms as i64;
@@ -453,6 +502,8 @@ impl Log {
     /// takes no more appends, and the next append retries the whole roll, so a segment's
     /// index files never describe less data than the segment holds.
     fn roll(&self, st: &mut State) -> Result<(), StorageError> {
+        // Before the fsync, which then makes the cut durable with the data.
+        cut_reserved(st.active_mut())?;
         if let Err(e) = st.active().file.sync_data() {
             poison(st, &self.synced, &self.dir, "fsync at segment roll", &e);
             return Err(StorageError::Fatal(e));
@@ -475,6 +526,7 @@ impl Log {
             base_offset,
             file,
             size_bytes: 0,
+            file_bytes: 0,
             index: SegmentIndex::new(self.config.index_interval_bytes),
             first_append_ms: None,
         });
@@ -800,6 +852,7 @@ impl Log {
             // Its index files describe the old contents; the new ones are written at roll.
             remove_index_files(disk, &self.dir, seg.base_offset)?;
             seg.file.set_len(cut_pos)?;
+            seg.file_bytes = cut_pos;
             seg.file.sync_data()?;
             disk.sync_dir(&self.dir)
         })();
@@ -891,6 +944,9 @@ impl Log {
         while st.syncing {
             self.synced.wait(&mut st);
         }
+        // The clean-shutdown marker records the file's exact length; the fsync below
+        // makes the cut durable with the data.
+        let cut = cut_reserved(st.active_mut());
         if let Err(e) = st.active().file.sync_data() {
             poison(&mut st, &self.synced, &self.dir, "fsync at close", &e);
             return Err(StorageError::Fatal(e));
@@ -906,6 +962,9 @@ impl Log {
                 &segment_path(&self.dir, base, LOG_SUFFIX),
             )?;
         }
+        // The data is durable: a failed cut only leaves the next open to scan (and cut)
+        // the tail, as no marker vouches for this file.
+        cut?;
         let seg = st.active();
         if seg.size_bytes > 0 {
             // Not fsynced: the next open checks and completes them before trusting them.

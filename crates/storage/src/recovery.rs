@@ -4,11 +4,11 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use weir_record::BATCH_HEADER_BYTES;
 
-use crate::config::{LogConfig, SEGMENT_BYTES_LIMIT};
+use crate::config::{LogConfig, SCAN_CHUNK_BYTES, SEGMENT_BYTES_LIMIT};
 use crate::disk::{Disk, DiskFile, OpenMode};
 use crate::index::{
     INDEX_TRAILER_BYTES, OFFSET_ENTRY_BYTES, SegmentIndex, TIME_ENTRY_BYTES, entries_max,
@@ -48,10 +48,11 @@ pub struct RecoveryReport {
 }
 
 impl RecoveryReport {
-    /// Whether nothing had to be repaired.
+    /// Whether nothing had to be repaired. Cutting an unwritten tail is not a repair: it
+    /// is what a crash of an fsync `always` log leaves (see [`TruncatedTail::unwritten`]).
     pub fn is_clean(&self) -> bool {
         self.indexes_rebuilt.is_empty()
-            && self.truncated.is_none()
+            && self.truncated.as_ref().is_none_or(|t| t.unwritten)
             && self.corrupt.is_empty()
             && self.stray_files_removed.is_empty()
     }
@@ -68,6 +69,9 @@ pub struct TruncatedTail {
     pub bytes: u64,
     /// What was wrong with the first removed byte.
     pub reason: String,
+    /// Every removed byte was zero: space reserved ahead of appends that no write
+    /// reached (or a write that never reached the disk), never data written there.
+    pub unwritten: bool,
 }
 
 /// A bad batch in a sealed segment.
@@ -335,6 +339,7 @@ pub(crate) fn recover(
                             base_offset: base,
                             file,
                             size_bytes: len,
+                            file_bytes: len,
                             index,
                             first_append_ms: first_age(first_max_timestamp, now),
                         });
@@ -358,15 +363,28 @@ pub(crate) fn recover(
             // everything after it; it was never acknowledged as durable past that point.
             let s = scan(file.as_ref(), base, len, interval)?;
             if let Some(stop) = &s.stop {
-                let (position, reason) = corrupt_reason(stop);
-                warn!(dir = %dir.display(), segment = base, position, bytes = len - s.valid_bytes,
-                    %reason, "truncating torn or corrupt tail of the active segment");
+                let (position, mut reason) = corrupt_reason(stop);
+                let bytes = len - s.valid_bytes;
+                let unwritten = all_zeros(file.as_ref(), s.valid_bytes, len)?;
+                if unwritten {
+                    // Space reserved ahead of appends (`PREALLOCATE_BYTES`) reads as zeros:
+                    // the usual tail after a crash, not damage.
+                    reason = "unwritten space (reserved ahead of appends, or data that never \
+                              reached the disk)"
+                        .to_owned();
+                    debug!(dir = %dir.display(), segment = base, position, bytes, %reason,
+                        "cutting the unwritten tail of the active segment");
+                } else {
+                    warn!(dir = %dir.display(), segment = base, position, bytes, %reason,
+                        "truncating torn or corrupt tail of the active segment");
+                }
                 file.set_len(s.valid_bytes)?;
                 report.truncated = Some(TruncatedTail {
                     segment: base,
                     position: s.valid_bytes,
-                    bytes: len - s.valid_bytes,
+                    bytes,
                     reason,
+                    unwritten,
                 });
             }
             // Makes the cut durable, and whatever the old process wrote may still sit in
@@ -376,6 +394,7 @@ pub(crate) fn recover(
                 base_offset: base,
                 file,
                 size_bytes: s.valid_bytes,
+                file_bytes: s.valid_bytes,
                 index: s.index,
                 first_append_ms: first_age(s.first_max_timestamp, now),
             });
@@ -418,11 +437,30 @@ pub(crate) fn recover(
             base_offset: base,
             file,
             size_bytes: len,
+            file_bytes: len,
             index,
             first_append_ms: None,
         });
     }
     unreachable!("the loop returns at the last segment, and there is at least one")
+}
+
+/// Whether bytes `from..to` of a file are all zeros, read a chunk at a time.
+fn all_zeros(file: &dyn DiskFile, from: u64, to: u64) -> Result<bool, StorageError> {
+    let mut pos = from;
+    while pos < to {
+        let want = (to - pos).min(SCAN_CHUNK_BYTES.into());
+        // Bounded by the chunk size, itself a `u32`.
+        let chunk = file.read_vec_at(want as usize, pos)?;
+        if chunk.is_empty() {
+            break;
+        }
+        if chunk.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        pos += chunk.len() as u64;
+    }
+    Ok(true)
 }
 
 /// When the active segment's age counts from after a restart: its first batch's max

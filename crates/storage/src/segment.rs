@@ -38,6 +38,9 @@ pub(crate) struct Segment {
     pub(crate) file: Arc<dyn DiskFile>,
     /// Bytes of whole batches in the file.
     pub(crate) size_bytes: u64,
+    /// Length of the file: more than `size_bytes` while the active segment has space
+    /// reserved ahead of its appends (see [`PREALLOCATE_BYTES`](crate::config::PREALLOCATE_BYTES)).
+    pub(crate) file_bytes: u64,
     /// Sparse offset and time indexes.
     pub(crate) index: SegmentIndex,
     /// Clock time of the first append, for rolling by age; `None` while empty.

@@ -65,7 +65,8 @@ pub struct FaultPlan {
     pub short_writes: bool,
     /// File `fdatasync` calls that fail, with `EIO` or `ENOSPC` (even odds).
     pub sync_ppm: u32,
-    /// File truncations (`set_len`) that fail with `EIO`.
+    /// File truncations (`set_len`) that fail with `EIO`, and reservations of space
+    /// (`allocate`) that fail with `ENOSPC`.
     pub set_len_ppm: u32,
     /// Directory operations (create a file, rename, remove, directory fsync) that fail,
     /// with `EIO` or `ENOSPC` (even odds).
@@ -479,6 +480,21 @@ impl DiskFile for FaultyFile {
         }
         self.inner.set_len(len)?;
         self.record(Pending::SetLen(len));
+        Ok(())
+    }
+
+    fn allocate(&self, pos: u64, len: u64) -> io::Result<()> {
+        if let Some(r) = &self.faults.random {
+            let mut r = r.lock();
+            let ppm = r.plan.set_len_ppm;
+            if r.hit(ppm) {
+                return Err(FaultKind::Enospc.error());
+            }
+        }
+        self.inner.allocate(pos, len)?;
+        // To a power cut, reserved space is the file growing by zeros (never shrinking).
+        let end = (pos + len).max(self.inner.len()?);
+        self.record(Pending::SetLen(end));
         Ok(())
     }
 

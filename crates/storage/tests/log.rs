@@ -13,8 +13,8 @@ use proptest::prelude::*;
 use weir_record::{BatchHeader, BatchIter};
 use weir_storage::testing::{FaultKind, FaultyDisk};
 use weir_storage::{
-    CACHED_READ_BYTES_MAX, Clock, Disk, FsDisk, FsyncPolicy, Log, LogConfig, RecoveryReport,
-    StorageError, SystemClock, TestClock,
+    CACHED_READ_BYTES_MAX, Clock, Disk, FsDisk, FsyncPolicy, Log, LogConfig, PREALLOCATE_BYTES,
+    RecoveryReport, StorageError, SystemClock, TestClock,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -971,4 +971,134 @@ proptest! {
             prop_assert_eq!(log.log_start_offset(), 0);
         }
     }
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).expect("metadata").len()
+}
+
+#[test]
+fn an_fsync_always_segment_reserves_space_ahead_and_close_gives_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), LogConfig::default());
+    let written = fill(&log, 3);
+    log.sync().unwrap();
+    let data = log.size_bytes();
+    let seg = &files(dir.path(), ".log")[0];
+    // Reserved at the first append, and the later ones landed inside it.
+    assert_eq!(file_len(seg), written[0].len() as u64 + PREALLOCATE_BYTES);
+    assert_eq!(read_all(&log), written);
+    log.close().unwrap();
+    assert_eq!(file_len(seg), data);
+    drop(log);
+    let (log, report) = open(dir.path(), LogConfig::default());
+    assert!(report.clean_shutdown, "{report:?}");
+    assert_eq!(read_all(&log), written);
+}
+
+#[test]
+fn other_fsync_policies_reserve_nothing() {
+    for fsync in [FsyncPolicy::Never, FsyncPolicy::IntervalMs(1000)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(
+            dir.path(),
+            LogConfig {
+                fsync,
+                ..LogConfig::default()
+            },
+        );
+        fill(&log, 3);
+        assert_eq!(file_len(&files(dir.path(), ".log")[0]), log.size_bytes());
+    }
+}
+
+#[test]
+fn a_crash_leaves_reserved_space_that_recovery_cuts_as_unwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), LogConfig::default());
+    let written = fill(&log, 4);
+    log.sync().unwrap();
+    let data = log.size_bytes();
+    // A crash: neither close nor drop runs.
+    std::mem::forget(log);
+    let seg = &files(dir.path(), ".log")[0];
+    assert!(file_len(seg) > data);
+    let (log, report) = open(dir.path(), LogConfig::default());
+    let t = report.truncated.clone().expect("the reserved tail is cut");
+    assert!(t.unwritten, "{t:?}");
+    assert_eq!(
+        (t.position, t.bytes),
+        (data, written[0].len() as u64 + PREALLOCATE_BYTES - data)
+    );
+    assert!(
+        report.is_clean(),
+        "cutting unwritten space is no repair: {report:?}"
+    );
+    assert_eq!(file_len(seg), data);
+    assert_eq!(read_all(&log), written);
+    let mut one = batch(1, T0, 1);
+    let info = log.append(&mut one, 1).unwrap();
+    assert_eq!(info.base_offset, 8);
+    // The recovered segment is dated by its batches' (old) timestamps, so this append
+    // rolled; the new active segment reserves space as the first did.
+    let active = files(dir.path(), ".log").pop().unwrap();
+    assert_ne!(&active, seg);
+    assert_eq!(
+        file_len(&active),
+        one.len() as u64 + PREALLOCATE_BYTES,
+        "reserves again"
+    );
+}
+
+#[test]
+fn a_torn_batch_inside_reserved_space_is_reported_as_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(dir.path(), LogConfig::default());
+    let written = fill(&log, 2);
+    log.sync().unwrap();
+    let data = log.size_bytes();
+    std::mem::forget(log);
+    // Half of a third batch reached the reserved space before the power went.
+    let third = batch(2, T0, 300);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files(dir.path(), ".log")[0])
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &third[..third.len() / 2], data).unwrap();
+    let (log, report) = open(dir.path(), LogConfig::default());
+    let t = report.truncated.clone().expect("cut");
+    assert!(!t.unwritten && !report.is_clean(), "{report:?}");
+    assert_eq!(t.position, data);
+    assert_eq!(read_all(&log), written);
+}
+
+#[test]
+fn sealed_segments_hold_only_their_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config();
+    let (log, _) = open(dir.path(), config.clone());
+    let written = fill(&log, 40);
+    let segs = files(dir.path(), ".log");
+    assert!(segs.len() > 3);
+    let (sealed, active) = segs.split_at(segs.len() - 1);
+    let sealed_bytes: u64 = sealed.iter().map(|p| file_len(p)).sum();
+    let active_data = log.size_bytes() - sealed_bytes;
+    for p in sealed {
+        assert!(file_len(p) <= config.segment_bytes_max);
+    }
+    // Reserved up to the segment limit at most, never past it.
+    assert_eq!(
+        file_len(&active[0]),
+        config.segment_bytes_max.max(active_data)
+    );
+    assert_eq!(read_all(&log), written);
+    drop(log);
+    assert_eq!(
+        file_len(&active[0]),
+        active_data,
+        "drop gives the space back"
+    );
+    let (log, report) = open(dir.path(), config);
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(read_all(&log), written);
 }

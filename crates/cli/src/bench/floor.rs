@@ -14,7 +14,9 @@
 //! after the other, so either may meet more of them.
 //!
 //! The thread waits for the next message by spinning once it is near, so timer slack
-//! does not inflate the floor.
+//! does not inflate the floor. The file's space is reserved and synced before the run, as
+//! the broker reserves space ahead of an fsync `always` segment's appends: an fdatasync
+//! that must also commit a grown file length would be slower than the broker's.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -69,6 +71,12 @@ pub fn measure(dir: &Path, pace: Pace) -> io::Result<DiskFloor> {
         .create_new(true)
         .open(&path)?;
     let _remove = RemoveOnDrop(path);
+    match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, total) {
+        // Where space cannot be reserved, the broker's segments grow with each write too.
+        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => {}
+        Err(e) => return Err(e.into()),
+    }
+    file.sync_all()?;
     run(&file, pace)
 }
 
