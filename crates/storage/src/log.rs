@@ -404,23 +404,12 @@ impl Log {
                 .collect(),
         };
         let mut writeback = st.writeback;
-        let mut preallocate = st.preallocate;
+        if st.preallocate {
+            st.preallocate = self.reserve(st.active_mut(), total);
+        }
         let seg = st.active_mut();
         let seg_pos = seg.size_bytes;
         let seg_end = seg_pos + total;
-        if preallocate && seg_end > seg.file_bytes {
-            // Not past the segment's size limit, where the next roll would cut it anyway.
-            let limit = self.config.segment_bytes_max.max(seg_end);
-            let to = (seg_end + PREALLOCATE_BYTES).min(limit);
-            match seg.file.allocate(seg.file_bytes, to - seg.file_bytes) {
-                Ok(()) => seg.file_bytes = to,
-                // No reserved space is no loss: the write below grows the file itself.
-                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => preallocate = false,
-                Err(e) => {
-                    tracing::debug!(dir = %self.dir.display(), error = %e, "reserving segment space failed");
-                }
-            }
-        }
         if let Err(e) = seg.file.write_all_vectored_at(&parts, seg_pos) {
             // A partial write may have extended the file: cut it back to whole batches.
             seg.file_bytes = seg_pos;
@@ -434,7 +423,6 @@ impl Log {
                 );
                 return Err(StorageError::Fatal(e));
             }
-            st.preallocate = preallocate;
             return Err(e.into());
         }
         seg.file_bytes = seg.file_bytes.max(seg_end);
@@ -466,7 +454,6 @@ impl Log {
             }
         }
         st.writeback = writeback;
-        st.preallocate = preallocate;
         st.log_end = next;
         if let FsyncPolicy::IntervalMs(ms) = self.config.fsync {
             let due = now.saturating_sub(st.last_sync_ms) >= ms as i64;
@@ -480,6 +467,26 @@ impl Log {
             max_timestamp,
             log_append_time_ms: now,
         })
+    }
+
+    /// Reserves space in `seg` for an append of `bytes` and [`PREALLOCATE_BYTES`] past it,
+    /// unless the file already has room; never past the segment's size limit, where the
+    /// next roll would cut it anyway. Returns whether the file system can reserve space.
+    fn reserve(&self, seg: &mut Segment, bytes: u64) -> bool {
+        let end = seg.size_bytes + bytes;
+        if end <= seg.file_bytes {
+            return true;
+        }
+        let to = (end + PREALLOCATE_BYTES).min(self.config.segment_bytes_max.max(end));
+        match seg.file.allocate(seg.file_bytes, to - seg.file_bytes) {
+            Ok(()) => seg.file_bytes = to,
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => return false,
+            // No reserved space is no loss: the append's write grows the file itself.
+            Err(e) => {
+                tracing::debug!(dir = %self.dir.display(), error = %e, "reserving segment space failed");
+            }
+        }
+        true
     }
 
     fn roll_due(&self, active: &Segment, bytes: u64, last_offset: i64, now: i64) -> bool {
