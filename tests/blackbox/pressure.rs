@@ -324,7 +324,9 @@ fn produce_latencies(addr: SocketAddr, topic: &str, n: usize) -> Vec<Duration> {
 
 /// Two consumers far behind — one re-reading a 64 MiB backlog as fast as it can, one
 /// that asks and never reads — do not stall a producer to the same partition. No timing
-/// is asserted beyond liveness; the latencies are printed for comparison.
+/// is asserted beyond liveness; the latencies are printed for comparison. The producer
+/// goes on until the reader has read the whole backlog once (or a deadline passes), so
+/// that both really ran side by side however fast produces are.
 #[test]
 fn consumers_far_behind_do_not_stall_producers() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -340,8 +342,9 @@ fn consumers_far_behind_do_not_stall_producers() {
     let alone = produce_latencies(server.addr, "lag", 200);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let read_bytes = Arc::new(AtomicUsize::new(0));
     let catching_up = {
-        let (addr, stop) = (server.addr, stop.clone());
+        let (addr, stop, read_bytes) = (server.addr, stop.clone(), read_bytes.clone());
         std::thread::spawn(move || {
             let mut c = RawClient::connect(addr).expect("connect");
             let mut bytes = 0usize;
@@ -355,6 +358,7 @@ fn consumers_far_behind_do_not_stall_producers() {
                 };
                 let p = &f.partitions[0];
                 bytes += p.records.len();
+                read_bytes.store(bytes, Ordering::Relaxed);
                 let mut next = offset;
                 for b in weir_record::BatchIter::new(&p.records) {
                     let (h, _) = b.expect("whole batch");
@@ -373,7 +377,12 @@ fn consumers_far_behind_do_not_stall_producers() {
             .send(&fetch_request("lag", 0, 0, 16 << 20))
             .expect("send");
     }
-    let loaded = produce_latencies(server.addr, "lag", 200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut loaded = produce_latencies(server.addr, "lag", 200);
+    while read_bytes.load(Ordering::Relaxed) <= 64 << 20 && Instant::now() < deadline {
+        loaded.extend(produce_latencies(server.addr, "lag", 50));
+    }
+    loaded.sort();
     stop.store(true, Ordering::Relaxed);
     let read = catching_up.join().expect("consumer");
     eprintln!(
