@@ -45,6 +45,13 @@ const RESPONSE_BYTES_MAX: usize = 128 * 1024 * 1024;
 /// header counts), for deciding when a batch is full.
 const RECORD_OVERHEAD_BYTES: usize = 16;
 
+/// A fetch answer with fewer record bytes than this is handed out before the next fetch
+/// is sent: a consumer at the tail gains nothing from sending early, and the write would
+/// sit between each record and the application (the next poll sends it). A larger answer,
+/// a backlog being read, sends the next fetch first so the broker reads while this one is
+/// decoded.
+const PREFETCH_FIRST_BYTES_MIN: usize = 64 * 1024;
+
 /// Encodes one request frame: size prefix, header, body.
 fn encode_request<R: Request>(req: &R, version: i16, correlation_id: i32) -> Result<BytesMut> {
     let mut header = RequestHeader::default();
@@ -408,8 +415,9 @@ fn fail_all(acked: &Acked, sent: &[Instant], error: &str) {
     }
 }
 
-/// A Kafka-protocol consumer of some partitions of one topic, from given offsets. The
-/// next fetch is sent as soon as a response arrives, before its records are decoded.
+/// A Kafka-protocol consumer of some partitions of one topic, from given offsets. After
+/// a large answer the next fetch is sent before its records are decoded; after a small
+/// one, by the next poll (`PREFETCH_FIRST_BYTES_MIN`).
 #[derive(Debug)]
 pub struct KafkaConsumer {
     topic: Topic,
@@ -495,8 +503,9 @@ impl KafkaConsumer {
         self.inflight = None;
         let response: FetchResponse = decode_response(frame, FETCH_VERSION, id)?;
         // Positions move past every whole batch before anything is decoded, so the next
-        // fetch is on its way while this one is handed out.
+        // fetch can be on its way while this one is handed out.
         let mut got = Vec::new();
+        let mut fetched_bytes = 0usize;
         for t in response.responses {
             for p in t.partitions {
                 if p.error_code != 0 {
@@ -516,10 +525,13 @@ impl KafkaConsumer {
                     next = next.max(h.last_offset() + 1);
                 }
                 self.positions.insert(partition, next);
+                fetched_bytes += records.len();
                 got.push((partition, from, records));
             }
         }
-        self.send_fetch(wait).await?;
+        if fetched_bytes >= PREFETCH_FIRST_BYTES_MIN {
+            self.send_fetch(wait).await?;
+        }
         let mut out = Vec::new();
         for (partition, from, records) in got {
             self.decode(partition, from, records, &mut out)?;
