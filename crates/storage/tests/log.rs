@@ -1012,15 +1012,22 @@ fn other_fsync_policies_reserve_nothing() {
     }
 }
 
+/// Writes `n` batches to a new fsync `always` log in `dir`, syncs them and crashes: neither
+/// close nor drop runs, so the space reserved ahead of the appends stays. Returns the
+/// batches and the bytes they take.
+fn crash_after(dir: &Path, n: usize) -> (Vec<Vec<u8>>, u64) {
+    let (log, _) = open(dir, LogConfig::default());
+    let written = fill(&log, n);
+    log.sync().unwrap();
+    let data = log.size_bytes();
+    std::mem::forget(log);
+    (written, data)
+}
+
 #[test]
 fn a_crash_leaves_reserved_space_that_recovery_cuts_as_unwritten() {
     let dir = tempfile::tempdir().unwrap();
-    let (log, _) = open(dir.path(), LogConfig::default());
-    let written = fill(&log, 4);
-    log.sync().unwrap();
-    let data = log.size_bytes();
-    // A crash: neither close nor drop runs.
-    std::mem::forget(log);
+    let (written, data) = crash_after(dir.path(), 4);
     let seg = &files(dir.path(), ".log")[0];
     assert!(file_len(seg) > data);
     let (log, report) = open(dir.path(), LogConfig::default());
@@ -1053,11 +1060,7 @@ fn a_crash_leaves_reserved_space_that_recovery_cuts_as_unwritten() {
 #[test]
 fn a_torn_batch_inside_reserved_space_is_reported_as_damage() {
     let dir = tempfile::tempdir().unwrap();
-    let (log, _) = open(dir.path(), LogConfig::default());
-    let written = fill(&log, 2);
-    log.sync().unwrap();
-    let data = log.size_bytes();
-    std::mem::forget(log);
+    let (written, data) = crash_after(dir.path(), 2);
     // Half of a third batch reached the reserved space before the power went.
     let third = batch(2, T0, 300);
     let f = std::fs::OpenOptions::new()
